@@ -1,0 +1,35 @@
+# kubetune developer commands. Each target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: run test crds bench-runner clean
+
+# torch comes from the pinned CPU wheel (see constraints.txt); everything else from the pins.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[cluster,trainer,dev]"
+	touch $@
+
+## run: a real study of the reference PyTorch trainer on this machine (examples/digits)
+run: $(STAMP)
+	$(BIN)/kubetune run examples/digits/study.yaml
+
+## test: the whole test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## crds: regenerate crds/ from the API models
+crds: $(STAMP)
+	$(BIN)/kubetune crds --output-dir crds
+
+## bench-runner: the local runner's own overhead per trial
+bench-runner: $(STAMP)
+	$(BIN)/python benchmarks/bench_runner.py
+
+clean:
+	rm -rf $(VENV) kubetune-runs .pytest_cache

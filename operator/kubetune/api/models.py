@@ -1,0 +1,537 @@
+"""The kubetune API (group kubetune.io, version v1alpha1) as pydantic models.
+
+These models are the single source of truth: the CRDs in `crds/` are generated from them
+(`kubetune crds`), the local runner and the operator parse manifests with them, and the
+field descriptions become `kubectl explain` text. Rules that a structural schema cannot
+express are attached as CEL `x-kubernetes-validations` (see `cel_rules`) and enforced here
+again by model validators, so the CLI gives the same answer as the API server.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "kubetune.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Trial names are "<study>-<index, zero-padded to 4>"; a Job's name becomes a pod label
+# (at most 63 characters), so the study name leaves room for "-" and up to 6 digits.
+MAX_STUDY_NAME_LENGTH = 52
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+PARAMETER_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]*$"
+MAX_PARAMETERS = 64
+MAX_TRIALS_LIMIT = 1_000_000
+
+Goal = Literal["minimize", "maximize"]
+ParameterType = Literal["float", "int", "categorical"]
+Scale = Literal["linear", "log", "pow2"]
+StudyPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+TrialPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Pruned", "Stopped"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+CategoricalValue = Union[bool, int, float, str]
+
+TERMINAL_TRIAL_PHASES = frozenset({"Succeeded", "Failed", "Pruned", "Stopped"})
+ACTIVE_TRIAL_PHASES = frozenset({"Pending", "Running"})
+
+
+def cel_rules(*rules: tuple[str, str]) -> dict[str, Any]:
+    """JSON-schema extra carrying CEL rules as (rule, message) pairs."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]}
+
+
+class ApiModel(BaseModel):
+    """Base for API objects: camelCase on the wire, unknown fields are errors (typos surface)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        alias_generator=to_camel,
+        validate_default=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The manifest form: camelCase keys, unset optional fields left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class OpenModel(ApiModel):
+    """A Kubernetes object we read only part of: other fields pass through untouched."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# ---------------------------------------------------------------------------------------
+# Spec
+# ---------------------------------------------------------------------------------------
+
+
+class Objective(ApiModel):
+    """What the study optimises: one metric the trials report, and its direction."""
+
+    metric: str = Field(
+        min_length=1,
+        max_length=128,
+        description="Name of the metric the trials report (for example val_loss); its final value is the trial's objective.",
+    )
+    goal: Goal = Field(
+        default="minimize",
+        description="Whether a lower (minimize) or higher (maximize) metric value is better.",
+    )
+    target: Optional[float] = Field(
+        default=None,
+        description="Optional value that ends the study successfully as soon as a trial reaches it (at or below it when minimizing, at or above when maximizing); running trials are then stopped.",
+    )
+    additional_metrics: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Other metrics to record for every trial and show with the best trial; they do not steer the search.",
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _finite_target(cls, value: Optional[float]) -> Optional[float]:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("target must be a finite number")
+        return value
+
+
+class Parameter(ApiModel):
+    """One hyperparameter and the space it is searched over."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            (
+                "self.type == 'categorical' ? (has(self.values) && size(self.values) > 0 && !has(self.min) && !has(self.max)) : (has(self.min) && has(self.max) && !has(self.values))",
+                "float and int parameters need min and max (and no values); categorical parameters need values (and no min or max)",
+            ),
+            (
+                "!has(self.min) || !has(self.max) || double(self.min) < double(self.max)",
+                "min must be less than max",
+            ),
+            (
+                "!has(self.scale) || self.scale != 'log' || (has(self.min) && double(self.min) > 0.0)",
+                "a log scale needs min > 0",
+            ),
+            (
+                "!has(self.scale) || self.scale != 'pow2' || self.type == 'int'",
+                "scale pow2 is only for int parameters",
+            ),
+            (
+                "self.type != 'categorical' || !has(self.scale) || self.scale == 'linear'",
+                "categorical parameters have no scale",
+            ),
+            (
+                "!has(self.step) || !has(self.scale) || self.scale == 'linear'",
+                "step is only allowed with the linear scale",
+            ),
+        )
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=PARAMETER_NAME_PATTERN,
+        description="Parameter name, used in ${params.NAME} placeholders and as KUBETUNE_PARAM_<NAME> (upper-cased, other characters as _).",
+    )
+    type: ParameterType = Field(description="float, int or categorical.")
+    min: Optional[Union[int, float]] = Field(
+        default=None, description="Lower bound, inclusive (float and int)."
+    )
+    max: Optional[Union[int, float]] = Field(
+        default=None, description="Upper bound, inclusive (float and int)."
+    )
+    scale: Scale = Field(
+        default="linear",
+        description="How values are spread: linear; log (log-uniform, the right choice for learning rates and regularisation strengths; needs min > 0); pow2 (int only: powers of two between min and max, the usual choice for batch sizes).",
+    )
+    step: Optional[float] = Field(
+        default=None,
+        gt=0,
+        description="Optional spacing of allowed values on the linear scale (for example 0.05 for dropout); int parameters default to 1.",
+    )
+    values: Optional[list[CategoricalValue]] = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="The choices of a categorical parameter (strings, numbers or booleans).",
+        json_schema_extra={"items": {"x-kubernetes-preserve-unknown-fields": True}},
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Parameter":
+        if self.type == "categorical":
+            if self.values is None:
+                raise ValueError("a categorical parameter needs values, for example values: [sgd, adam]")
+            if self.min is not None or self.max is not None:
+                raise ValueError("a categorical parameter takes values, not min/max")
+            if self.scale != "linear":
+                raise ValueError("a categorical parameter has no scale")
+            if self.step is not None:
+                raise ValueError("a categorical parameter has no step")
+            if len({_value_key(v) for v in self.values}) != len(self.values):
+                raise ValueError("values must not repeat")
+            return self
+        if self.values is not None:
+            raise ValueError(f"a {self.type} parameter takes min and max, not values (use type: categorical for a list)")
+        if self.min is None or self.max is None:
+            raise ValueError(f"a {self.type} parameter needs both min and max")
+        if not (math.isfinite(self.min) and math.isfinite(self.max)):
+            raise ValueError("min and max must be finite numbers")
+        if not self.min < self.max:
+            raise ValueError(f"min must be less than max (got min={self.min}, max={self.max})")
+        if self.scale in ("log", "pow2") and self.min <= 0:
+            raise ValueError(f"scale {self.scale} needs min > 0 (got min={self.min})")
+        if self.step is not None and self.scale != "linear":
+            raise ValueError(f"step only applies to the linear scale, not {self.scale}")
+        if self.type == "float":
+            if self.scale == "pow2":
+                raise ValueError("scale pow2 is for int parameters; use scale: log for floats")
+            return self
+        # int
+        for bound in ("min", "max"):
+            value = getattr(self, bound)
+            if float(value) != int(value):
+                raise ValueError(f"{bound} of an int parameter must be a whole number (got {value})")
+            setattr(self, bound, int(value))
+        if self.step is not None:
+            if float(self.step) != int(self.step):
+                raise ValueError(f"step of an int parameter must be a whole number (got {self.step})")
+        if self.scale == "pow2":
+            for bound in ("min", "max"):
+                value = getattr(self, bound)
+                if value & (value - 1):
+                    raise ValueError(
+                        f"{bound} of a pow2 parameter must be a power of two (got {value}; nearest: {_nearest_pow2(value)})"
+                    )
+        return self
+
+    @property
+    def env_name(self) -> str:
+        return "KUBETUNE_PARAM_" + re.sub(r"[^A-Z0-9]", "_", self.name.upper())
+
+
+def _nearest_pow2(value: int) -> int:
+    lower = 1 << max(0, value.bit_length() - 1)
+    return lower if value - lower <= 2 * lower - value else 2 * lower
+
+
+def _value_key(value: CategoricalValue) -> tuple[str, Any]:
+    # True == 1 in Python; keep them distinct choices.
+    return (type(value).__name__, value)
+
+
+class Strategy(ApiModel):
+    """How the next configurations are proposed."""
+
+    name: str = Field(
+        default="random",
+        description="Search strategy: random (independent samples, log-uniform on log scales) or grid (every combination in order).",
+    )
+    seed: Optional[int] = Field(
+        default=None,
+        ge=0,
+        le=2**31 - 1,
+        description="Random seed. The same seed and trial history give the same suggestions; by default it is derived from the study name.",
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Strategy-specific settings, for example {resolution: 5} for grid search over continuous parameters.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class EarlyStopping(ApiModel):
+    """Rules that stop unpromising trials before they finish."""
+
+    name: str = Field(description="Early-stopping rule.")
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Rule-specific settings.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class Budget(ApiModel):
+    """How many trials the study may run, and how many at once."""
+
+    max_trials: int = Field(
+        default=10,
+        ge=1,
+        le=MAX_TRIALS_LIMIT,
+        description="Total number of trials. Trials stopped by a suspension or by the study ending do not count. Raising it on a finished study resumes the study.",
+    )
+    parallel_trials: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="How many trials run at the same time.",
+    )
+    max_failed_trials: int = Field(
+        default=3,
+        ge=0,
+        description="The study fails when more than this many trials have failed.",
+    )
+
+
+class EnvVar(OpenModel):
+    name: str = Field(description="Environment variable name.")
+    value: Optional[str] = Field(default=None, description="Value; ${params.NAME} placeholders are substituted.")
+
+
+class Container(OpenModel):
+    """A core/v1 Container; kubetune reads and substitutes only the fields listed here."""
+
+    name: str = Field(description="Container name.")
+    image: Optional[str] = Field(default=None, description="Container image.")
+    command: Optional[list[str]] = Field(default=None, description="Entrypoint; ${params.NAME} placeholders are substituted.")
+    args: Optional[list[str]] = Field(default=None, description="Arguments; ${params.NAME} placeholders are substituted.")
+    env: Optional[list[EnvVar]] = Field(default=None, description="Environment variables; ${params.NAME} placeholders in values are substituted.")
+
+
+class PodSpec(OpenModel):
+    """A core/v1 PodSpec (all of its fields are allowed)."""
+
+    containers: list[Container] = Field(min_length=1, description="The pod's containers; the trial runs in the primary one.")
+
+
+class PodTemplateMeta(ApiModel):
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels added to each trial pod.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to each trial pod.")
+
+
+class PodTemplate(ApiModel):
+    """A core/v1 PodTemplateSpec."""
+
+    metadata: PodTemplateMeta = Field(default_factory=PodTemplateMeta, description="Labels and annotations for trial pods.")
+    spec: PodSpec = Field(description="The pod spec each trial runs with.")
+
+
+class TrialTemplate(ApiModel):
+    """How one trial runs: a pod template with ${params.NAME} placeholders."""
+
+    retries: int = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="How often a failed trial is restarted with the same parameters before it counts as failed (the Job's backoffLimit).",
+    )
+    timeout_seconds: Optional[int] = Field(
+        default=None,
+        ge=1,
+        description="A trial running longer than this is stopped and fails with reason DeadlineExceeded (the Job's activeDeadlineSeconds).",
+    )
+    primary_container_name: Optional[str] = Field(
+        default=None,
+        description="The container that runs the training and reports metrics; by default the first container.",
+    )
+    template: PodTemplate = Field(
+        description="A core/v1 PodTemplateSpec. ${params.NAME}, ${trial.name}, ${trial.index} and ${study.name} are substituted in command, args and env values."
+    )
+
+    @model_validator(mode="after")
+    def _primary_exists(self) -> "TrialTemplate":
+        if self.primary_container_name is not None:
+            names = [c.name for c in self.template.spec.containers]
+            if self.primary_container_name not in names:
+                raise ValueError(
+                    f"primaryContainerName {self.primary_container_name!r} is not one of the containers {names}"
+                )
+        return self
+
+    @property
+    def primary_container(self) -> Container:
+        containers = self.template.spec.containers
+        if self.primary_container_name is None:
+            return containers[0]
+        return next(c for c in containers if c.name == self.primary_container_name)
+
+
+class StudySpec(ApiModel):
+    """The desired study: what to optimise, over which space, how, and with what budget."""
+
+    objective: Objective = Field(
+        description="The metric to optimise; immutable after creation.",
+        json_schema_extra=cel_rules(("self == oldSelf", "objective is immutable; create a new study to change it")),
+    )
+    parameters: list[Parameter] = Field(
+        min_length=1,
+        max_length=MAX_PARAMETERS,
+        description="The search space; immutable after creation.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+            **cel_rules(("self == oldSelf", "parameters are immutable; create a new study to change the search space")),
+        },
+    )
+    strategy: Strategy = Field(default_factory=Strategy, description="How configurations are proposed.")
+    early_stopping: Optional[EarlyStopping] = Field(
+        default=None, description="Optional rule that stops unpromising trials early."
+    )
+    budget: Budget = Field(default_factory=Budget, description="Trial budget and parallelism.")
+    suspend: bool = Field(
+        default=False,
+        description="Suspend the study: running trials are stopped and no new ones start until it is set back to false.",
+    )
+    trial_template: TrialTemplate = Field(description="How each trial runs.")
+
+    @field_validator("parameters")
+    @classmethod
+    def _unique_names(cls, parameters: list[Parameter]) -> list[Parameter]:
+        seen: dict[str, str] = {}
+        for p in parameters:
+            if p.name in seen:
+                raise ValueError(f"parameter name {p.name!r} appears twice")
+            if p.env_name in seen.values():
+                raise ValueError(f"parameters {p.name!r} and another map to the same variable {p.env_name}")
+            seen[p.name] = p.env_name
+        return parameters
+
+    def parameter(self, name: str) -> Parameter:
+        return next(p for p in self.parameters if p.name == name)
+
+
+class ObjectMeta(OpenModel):
+    name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN, description="Object name.")
+    namespace: Optional[str] = Field(default=None, description="Namespace.")
+    generation: Optional[int] = Field(default=None, description="Spec generation, set by the API server.")
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class StudyMeta(ObjectMeta):
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_STUDY_NAME_LENGTH,
+        pattern=NAME_PATTERN,
+        description=f"Study name: lowercase letters, digits and '-', at most {MAX_STUDY_NAME_LENGTH} characters (trial and Job names append an index).",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Status
+# ---------------------------------------------------------------------------------------
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition (metav1.Condition)."""
+
+    type: str = Field(description="Condition type, for example Ready, Running, Succeeded, Failed, Suspended.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason for the last transition.")
+    message: str = Field(default="", description="Human-readable details.")
+    observed_generation: Optional[int] = Field(default=None, description="The spec generation this condition was computed from.")
+    last_transition_time: str = Field(description="When the status last changed (RFC 3339).")
+
+
+class TrialCounts(ApiModel):
+    """Number of trials in each phase."""
+
+    total: int = Field(default=0, description="All trials created so far.")
+    pending: int = Field(default=0, description="Trials waiting to start.")
+    running: int = Field(default=0, description="Trials running now.")
+    succeeded: int = Field(default=0, description="Trials that finished successfully.")
+    failed: int = Field(default=0, description="Trials that failed (after their retries).")
+    pruned: int = Field(default=0, description="Trials stopped early by the early-stopping rule.")
+    stopped: int = Field(default=0, description="Trials stopped unfinished by a suspension or by the study ending.")
+
+
+class BestTrial(ApiModel):
+    """The best trial so far."""
+
+    name: str = Field(description="Trial name.")
+    parameters: dict[str, Any] = Field(
+        description="The trial's parameter values.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    objective: float = Field(description="The trial's objective metric value.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="All final metrics of the trial.")
+
+
+class StrategyStatus(ApiModel):
+    name: str = Field(description="The strategy in use.")
+    seed: int = Field(description="The seed in use.")
+
+
+class StudyStatus(ApiModel):
+    """Observed state of the study. Its size is bounded: per-trial data lives on the trials."""
+
+    phase: StudyPhase = Field(default="Pending", description="Pending, Running, Succeeded, Failed or Suspended.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Running, Succeeded, Failed and Suspended conditions.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    trials: TrialCounts = Field(default_factory=TrialCounts, description="Trial counts by phase.")
+    best_trial: Optional[BestTrial] = Field(default=None, description="The best trial so far.")
+    strategy: Optional[StrategyStatus] = Field(default=None, description="The strategy and seed in use.")
+    observed_generation: Optional[int] = Field(default=None, description="The spec generation last acted on.")
+    start_time: Optional[str] = Field(default=None, description="When the first trial was created.")
+    completion_time: Optional[str] = Field(default=None, description="When the study finished.")
+
+    def condition(self, type_: str) -> Optional[Condition]:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+
+class HyperparameterStudy(ApiModel):
+    """A hyperparameter study: trials of one training program over a search space."""
+
+    api_version: Literal["kubetune.io/v1alpha1"] = Field(alias="apiVersion", description="kubetune.io/v1alpha1")
+    kind: Literal["HyperparameterStudy"] = Field(description="HyperparameterStudy")
+    metadata: StudyMeta
+    spec: StudySpec
+    status: Optional[StudyStatus] = None
+
+
+# ---------------------------------------------------------------------------------------
+# Trials
+# ---------------------------------------------------------------------------------------
+
+
+class TrialSpec(ApiModel):
+    """One trial of a study: fixed parameter values. Immutable."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(("self == oldSelf", "a trial's spec is immutable"))
+    )
+
+    study: str = Field(description="Name of the study this trial belongs to.")
+    index: int = Field(ge=0, description="Position of the trial in its study, from 0.")
+    parameters: dict[str, Any] = Field(
+        description="Parameter values of this trial.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    rerun_of: Optional[str] = Field(
+        default=None,
+        description="The trial whose parameters this one runs again, because that trial was stopped unfinished (by a suspension or by the study ending).",
+    )
+
+
+class TrialStatus(ApiModel):
+    """Observed state of one trial."""
+
+    phase: TrialPhase = Field(default="Pending", description="Pending, Running, Succeeded, Failed, Pruned or Stopped.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Final (or latest) metric values.")
+    step: Optional[int] = Field(default=None, description="The last step (for example epoch) the trial reported.")
+    reported_steps: int = Field(default=0, description="How many intermediate reports were observed.")
+    attempts: int = Field(default=0, description="How many times the trial was started.")
+    reason: Optional[str] = Field(default=None, description="CamelCase reason for the phase (Error, DeadlineExceeded, OOMKilled, NoMetrics...).")
+    message: Optional[str] = Field(default=None, description="Details, for example the end of the trial's output.")
+    start_time: Optional[str] = Field(default=None, description="When the trial started.")
+    completion_time: Optional[str] = Field(default=None, description="When the trial finished.")
+    job_name: Optional[str] = Field(default=None, description="The Job running this trial (cluster only).")
+
+
+class HyperparameterTrial(ApiModel):
+    """One trial of a HyperparameterStudy, owned by it."""
+
+    api_version: Literal["kubetune.io/v1alpha1"] = Field(alias="apiVersion", description="kubetune.io/v1alpha1")
+    kind: Literal["HyperparameterTrial"] = Field(description="HyperparameterTrial")
+    metadata: ObjectMeta
+    spec: TrialSpec
+    status: Optional[TrialStatus] = None

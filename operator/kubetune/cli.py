@@ -1,0 +1,118 @@
+"""The `kubetune` command line.
+
+Exit codes: 0 success; 1 the study ran and failed; 2 the study or the command line is
+invalid (with a message naming the field, never a traceback); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from kubetune import __version__
+
+EXIT_INVALID = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubetune",
+        description="Kubernetes-native hyperparameter tuning. The same HyperparameterStudy file runs "
+        "locally (kubetune run) or in a cluster (kubectl apply).",
+    )
+    parser.add_argument("--version", action="version", version=f"kubetune {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="run a study on this machine, trials as local processes",
+        description="Run a study locally: each trial is a process started from the trial template's "
+        "command and args. Results go to the output folder; running the same command again "
+        "resumes an interrupted or finished study (raise budget.maxTrials to continue one).",
+    )
+    run.add_argument("study", help="the study manifest (YAML)")
+    run.add_argument("-o", "--output", type=Path, help="output folder (default: kubetune-runs/STUDY_NAME)")
+    run.add_argument(
+        "--command",
+        help="run trials with this command instead of the container's command (args are still appended), "
+        "for example --command 'python train.py'",
+    )
+    run.add_argument(
+        "--gpus",
+        help="GPU ids to hand out to trials that request nvidia.com/gpu, comma separated, or 'none' "
+        "(default: CUDA_VISIBLE_DEVICES, else what nvidia-smi lists)",
+    )
+    run.add_argument("--restart", action="store_true", help="discard earlier results in the output folder and start over")
+    run.add_argument("--scrape-interval", type=float, default=0.5, metavar="SECONDS",
+                     help="how often running trials' /metrics are read (default 0.5)")
+
+    validate = commands.add_parser(
+        "validate",
+        help="check a study manifest and explain what is wrong",
+        description="Validate a study manifest: exit 0 when it is valid, 2 with one line per problem otherwise.",
+    )
+    validate.add_argument("study", help="the study manifest (YAML)")
+
+    crds = commands.add_parser(
+        "crds",
+        help="write the CustomResourceDefinitions generated from the API models",
+        description="Generate the HyperparameterStudy and HyperparameterTrial CRDs from the API models.",
+    )
+    crds.add_argument("--output-dir", type=Path, default=Path("crds"), help="folder to write to (default: crds)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "crds":
+        from kubetune.api.crd import write_crds
+
+        for path in write_crds(args.output_dir):
+            print(path)
+        return 0
+
+    from kubetune.api.validation import StudyInvalid, load_study_file
+
+    try:
+        study = load_study_file(args.study)
+    except StudyInvalid as exc:
+        print(exc.report(), file=sys.stderr)
+        return EXIT_INVALID
+    if args.command == "validate":
+        print(f"{args.study}: valid HyperparameterStudy {study.metadata.name!r}")
+        return 0
+    return _run(args, study)
+
+
+def _run(args: argparse.Namespace, study) -> int:
+    from kubetune.local.executor import LocalSetupError
+    from kubetune.local.runner import run_study, summary
+    from kubetune.local.store import OutputConflict
+
+    try:
+        command = shlex.split(args.command) if args.command else None
+    except ValueError as exc:
+        print(f"kubetune: --command: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    gpus = None
+    if args.gpus is not None:
+        gpus = [] if args.gpus.strip().lower() == "none" else [g.strip() for g in args.gpus.split(",") if g.strip()]
+    if args.scrape_interval <= 0:
+        print("kubetune: --scrape-interval must be positive", file=sys.stderr)
+        return EXIT_INVALID
+    output = args.output or Path("kubetune-runs") / study.metadata.name
+    try:
+        result = run_study(study, output, command=command, gpus=gpus, restart=args.restart,
+                           scrape_interval=args.scrape_interval)
+    except (LocalSetupError, OutputConflict) as exc:
+        print(f"kubetune: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(summary(study, result))
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""`kubetune run`: the study engine driving local trial processes.
+
+The loop is level-based like the operator's: observe the trials, ask the engine for a plan,
+apply its actions, wait for a process to exit or the next scrape, repeat. All state is in
+the output folder, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, TextIO
+
+from kubetune import space
+from kubetune.api.models import HyperparameterStudy, StudyStatus
+from kubetune.engine import plan
+from kubetune.local.executor import GPU_RESOURCE, LocalExecutor, now
+from kubetune.local.store import StudyStore
+from kubetune.trials import TrialRecord
+
+
+@dataclass
+class RunResult:
+    status: StudyStatus
+    output: Path
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 1 if self.status.phase == "Failed" else 0
+
+
+class Progress:
+    """One line per trial event, and on a terminal a live summary line that redraws in place."""
+
+    def __init__(self, study: HyperparameterStudy, stream: TextIO = sys.stderr, live: Optional[bool] = None) -> None:
+        self.study = study
+        self.stream = stream
+        self.live = stream.isatty() if live is None else live
+        self.status_line = ""
+        self.started_at: dict[str, float] = {}
+
+    def _clear(self) -> None:
+        if self.live and self.status_line:
+            self.stream.write("\r\033[K")
+
+    def say(self, text: str) -> None:
+        self._clear()
+        self.stream.write(text + "\n")
+        if self.live and self.status_line:
+            self.stream.write(self.status_line)
+        self.stream.flush()
+
+    def event(self, kind: str, record: TrialRecord) -> None:
+        if kind == "started":
+            self.started_at[record.name] = time.monotonic()
+            shown = " ".join(f"{k}={_short(v)}" for k, v in record.parameters.items())
+            self.say(f"  started   {record.name}  {shown}")
+            return
+        elapsed = time.monotonic() - self.started_at.get(record.name, time.monotonic())
+        objective = self.study.spec.objective
+        names = [objective.metric, *objective.additional_metrics]
+        metrics = " ".join(f"{m}={record.metrics[m]:.4g}" for m in names if m in record.metrics)
+        if kind == "succeeded":
+            self.say(f"  succeeded {record.name}  {metrics}  ({elapsed:.1f}s)")
+        else:
+            first_line = (record.message or "").splitlines()[0] if record.message else ""
+            detail = f"{record.reason}: {first_line}" if first_line else (record.reason or "")
+            self.say(f"  {kind:<9} {record.name}  {detail}  ({elapsed:.1f}s)")
+
+    def update(self, status: StudyStatus) -> None:
+        if not self.live:
+            return
+        counts = status.trials
+        best = ""
+        if status.best_trial is not None:
+            best = f" | best {self.study.spec.objective.metric}={status.best_trial.objective:.4g} ({status.best_trial.name})"
+        line = (f"[{status.phase.lower()}: {counts.running} running | {counts.succeeded} succeeded | "
+                f"{counts.failed} failed | {counts.total - counts.stopped}/{self.study.spec.budget.max_trials}{best}]")
+        if line != self.status_line:
+            self._clear()
+            self.status_line = line
+            self.stream.write(line)
+            self.stream.flush()
+
+    def close(self) -> None:
+        self._clear()
+        self.status_line = ""
+        self.stream.flush()
+
+
+def _short(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else space.format_value(value)
+
+
+def run_study(
+    study: HyperparameterStudy,
+    output: Path,
+    *,
+    command: Optional[Sequence[str]] = None,
+    gpus: Optional[list[str]] = None,
+    restart: bool = False,
+    scrape_interval: float = 0.5,
+    stop_grace: float = 10.0,
+    progress: Optional[Progress] = None,
+) -> RunResult:
+    if restart and output.exists():
+        shutil.rmtree(output)
+    store = StudyStore.open(output, study)
+    progress = progress or Progress(study)
+    executor = LocalExecutor(study, store, command=command, gpus=gpus, scrape_interval=scrape_interval,
+                             stop_grace=stop_grace, on_event=progress.event)
+    executor.load()
+    spec = study.spec
+    resumed = len(executor.trials)
+    progress.say(
+        f"kubetune: study {study.metadata.name}: {spec.strategy.name} search, up to {spec.budget.max_trials} trials, "
+        f"{spec.budget.parallel_trials} at a time; results in {output}"
+        + (f" (resuming: {resumed} trials on record)" if resumed else "")
+    )
+    if executor.gpu_fallback:
+        progress.say(f"kubetune: the trial template asks for {GPU_RESOURCE}, but no GPU is visible here; trials run on the CPU")
+    status = store.read_status()
+    interrupted = False
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while True:
+            executor.poll()
+            result = plan(study, executor.records(), now(), previous=status)
+            status = result.status
+            for action in result.stops():
+                executor.stop(action)
+            for action in result.creates():
+                executor.create(action)
+            if result.actions:
+                continue  # re-plan at once: the status must count what was just started or stopped
+            store.write_status(status)
+            progress.update(status)
+            if result.finished or (status.phase == "Suspended" and executor.active == 0):
+                break
+            executor.wait(timeout=1.0)
+    except KeyboardInterrupt:
+        interrupted = True
+        progress.say("kubetune: interrupted; stopping running trials (finished results are kept)")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not tear the shutdown
+        executor.stop_all("Interrupted", "the runner was interrupted; the trial's parameters run again on resume")
+        status = plan(study, executor.records(), now(), previous=status).status
+        store.write_status(status)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        if interrupted:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        store.write_summary(executor.records())
+        progress.close()
+    return RunResult(status, output, interrupted)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def summary(study: HyperparameterStudy, result: RunResult) -> str:
+    status = result.status
+    lines = []
+    if result.interrupted:
+        lines.append(f"study {study.metadata.name} interrupted; run the same command again to resume.")
+    else:
+        cond = next((c for c in status.conditions if c.type == status.phase), None)
+        why = f": {cond.reason}" + (f" ({cond.message})" if cond and cond.message else "") if cond else ""
+        lines.append(f"study {study.metadata.name} {status.phase}{why}")
+    c = status.trials
+    lines.append(f"trials: {c.succeeded} succeeded, {c.failed} failed, {c.pruned} pruned, {c.stopped} stopped")
+    best = status.best_trial
+    if best is not None:
+        lines.append(f"best trial {best.name}: {study.spec.objective.metric}={best.objective:.6g}")
+        for name, value in best.parameters.items():
+            lines.append(f"  {name}: {space.format_value(value)}")
+        others = {k: v for k, v in best.metrics.items() if k != study.spec.objective.metric}
+        if others:
+            lines.append("  metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(others.items())))
+    lines.append(f"results: {result.output}/ (status.json, trials.csv, trials/*/)")
+    return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""Turning the trial template into what one trial runs: placeholders and the environment.
+
+Shared by the local runner (a subprocess) and the operator (a Job), so a study behaves the
+same in both bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Mapping, Optional
+
+from kubetune import space
+from kubetune.api.models import Container, HyperparameterStudy
+from kubetune.trial import (
+    ENV_METRICS_PORT,
+    ENV_NAMESPACE,
+    ENV_PARAMS,
+    ENV_STUDY,
+    ENV_TRIAL,
+)
+
+PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+FIXED_PLACEHOLDERS = ("trial.name", "trial.index", "study.name", "study.namespace")
+
+
+def placeholders(text: str) -> list[str]:
+    return PLACEHOLDER.findall(text)
+
+
+def known_placeholders(study: HyperparameterStudy) -> list[str]:
+    return [f"params.{p.name}" for p in study.spec.parameters] + list(FIXED_PLACEHOLDERS)
+
+
+def template_fields(container: Container) -> list[tuple[str, str]]:
+    """(path below the container, text) of every field where placeholders are substituted."""
+    fields: list[tuple[str, str]] = []
+    for key in ("command", "args"):
+        for i, text in enumerate(getattr(container, key) or []):
+            fields.append((f"{key}[{i}]", text))
+    for i, var in enumerate(container.env or []):
+        if var.value is not None:
+            fields.append((f"env[{i}].value", var.value))
+    return fields
+
+
+def substitute(text: str, values: Mapping[str, str]) -> str:
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+
+def placeholder_values(
+    study: HyperparameterStudy, trial: str, index: int, parameters: Mapping[str, Any]
+) -> dict[str, str]:
+    values = {f"params.{name}": space.format_value(value) for name, value in parameters.items()}
+    values.update({
+        "trial.name": trial,
+        "trial.index": str(index),
+        "study.name": study.metadata.name,
+        "study.namespace": study.metadata.namespace or "",
+    })
+    return values
+
+
+def trial_environment(
+    study: HyperparameterStudy,
+    trial: str,
+    parameters: Mapping[str, Any],
+    metrics_port: Optional[int] = None,
+) -> dict[str, str]:
+    """The KUBETUNE_* variables every trial gets (see kubetune.trial for the contract)."""
+    env = {
+        ENV_STUDY: study.metadata.name,
+        ENV_TRIAL: trial,
+        ENV_NAMESPACE: study.metadata.namespace or "",
+        ENV_PARAMS: json.dumps(dict(parameters), sort_keys=True),
+    }
+    for p in study.spec.parameters:
+        if p.name in parameters:
+            env[p.env_name] = space.format_value(parameters[p.name])
+    if metrics_port is not None:
+        env[ENV_METRICS_PORT] = str(metrics_port)
+    return env
+
+
+def render_container(
+    container: Container, values: Mapping[str, str]
+) -> tuple[Optional[list[str]], Optional[list[str]], list[tuple[str, str]]]:
+    """The container's command, args and (name, value) env with placeholders substituted."""
+    command = [substitute(t, values) for t in container.command] if container.command is not None else None
+    args = [substitute(t, values) for t in container.args] if container.args is not None else None
+    env = [(v.name, substitute(v.value, values)) for v in container.env or [] if v.value is not None]
+    return command, args, env
