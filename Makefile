@@ -27,8 +27,13 @@ test: $(STAMP)
 crds: $(STAMP)
 	$(BIN)/kubetune crds --output-dir crds
 
-## bench-runner: the local runner's own overhead per trial
-bench-runner: $(STAMP)
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[cluster,trainer,dev,bench]"
+	touch $@
+
+## bench-runner: the local runner's own overhead per trial, beside a bare loop and Optuna
+bench-runner: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench_runner.py
 
 clean:

@@ -76,15 +76,22 @@ def gpus_per_trial(study: HyperparameterStudy) -> int:
     return 0
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the runner dies, so no trial outlives a killed runner."""
+def _parent_death_signal() -> Optional[Callable[[], None]]:
+    """A pre-exec hook that makes the child get SIGTERM when the runner dies (Linux only),
+    so no trial keeps a GPU busy after its runner was killed."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+    PR_SET_PDEATHSIG = 1
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_DIE_WITH_PARENT = _parent_death_signal()
 
 
 @dataclass
@@ -165,6 +172,8 @@ class LocalExecutor:
         self.trials[action.name] = trial
         self.histories[action.name] = []
         self._start_pending()
+        if trial.status.phase == "Pending":
+            self.store.write_trial(trial)  # waiting for a GPU
 
     def stop(self, action: StopTrial) -> None:
         self._finish(action.name, action.phase, action.reason, action.message, terminate=True)
@@ -280,6 +289,7 @@ class LocalExecutor:
     def _launch(self, trial: HyperparameterTrial) -> None:
         name = trial.metadata.name
         directory = self.store.trial_dir(name)
+        directory.mkdir(parents=True, exist_ok=True)
         (directory / "termination.json").unlink(missing_ok=True)
         gpus: list[str] = []
         if self.gpu_need and not self.gpu_fallback:
@@ -294,7 +304,7 @@ class LocalExecutor:
             process = subprocess.Popen(
                 command, env=self._environment(trial, port, gpus), stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=_DIE_WITH_PARENT,
             )
         except OSError as exc:
             log.close()
@@ -313,7 +323,6 @@ class LocalExecutor:
         self.on_event("started", record_of(self.trials[name]))
 
     def _exited(self, name: str, run: Running, code: int) -> None:
-        self._scrape(name, run)
         final = self._read_termination(name)
         metrics = dict(self.trials[name].status.metrics)
         if final is not None:
@@ -324,9 +333,10 @@ class LocalExecutor:
         self.histories[name] = list(run.history)
         self.store.write_history(name, run.history)
         step = run.history[-1].step if run.history else None
-        self._set_status(name, metrics=metrics, step=step, reported_steps=len(run.history))
-        objective = self.study.spec.objective.metric
         trial = self.trials[name]
+        trial.status = trial.status.model_copy(update={"metrics": metrics, "step": step,
+                                                       "reported_steps": len(run.history)})
+        objective = self.study.spec.objective.metric
         retries_left = trial.status.attempts <= self.study.spec.trial_template.retries
         if code == 0 and objective in metrics:
             self._finish(name, "Succeeded", "Completed", "")

@@ -8,8 +8,9 @@
     OUTPUT/trials/NAME/output.log     the trial's stdout and stderr
     OUTPUT/trials/NAME/termination.json  final metrics written by the trial SDK
 
-Every file is replaced atomically (write, fsync, rename), so an interruption at any moment
-leaves either the old or the new content, never a torn file.
+Every file is replaced atomically (write, rename), so an interruption at any moment leaves
+either the old or the new content, never a torn file. Finished trials are also fsync'ed:
+their results survive a power loss, not just a crash of the runner.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import yaml
 
 from kubetune.api.models import (
     API_VERSION,
+    TERMINAL_TRIAL_PHASES,
     HyperparameterStudy,
     HyperparameterTrial,
     ObjectMeta,
@@ -40,14 +42,15 @@ class OutputConflict(Exception):
     """The output folder holds a different study; resuming would mix results."""
 
 
-def atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str, durable: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -111,9 +114,12 @@ class StudyStore:
         return sorted(found, key=lambda t: t[0].spec.index)
 
     def write_trial(self, trial: HyperparameterTrial) -> None:
-        atomic_write(self.trial_dir(trial.metadata.name) / "trial.json", json.dumps(trial.to_wire(), indent=2) + "\n")
+        finished = trial.status is not None and trial.status.phase in TERMINAL_TRIAL_PHASES
+        atomic_write(self.trial_dir(trial.metadata.name) / "trial.json", json.dumps(trial.to_wire(), indent=2) + "\n",
+                     durable=finished)
 
     def new_trial(self, name: str, index: int, parameters: dict[str, Any], rerun_of: Optional[str]) -> HyperparameterTrial:
+        """A Pending trial object; written when it starts (or waits for a GPU)."""
         trial = HyperparameterTrial(
             apiVersion=API_VERSION,
             kind="HyperparameterTrial",
@@ -121,7 +127,6 @@ class StudyStore:
             spec=TrialSpec(study=self.study.metadata.name, index=index, parameters=parameters, rerun_of=rerun_of),
             status=TrialStatus(),
         )
-        self.write_trial(trial)
         return trial
 
     def write_history(self, name: str, history: Iterable[Report]) -> None:
