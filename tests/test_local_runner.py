@@ -18,7 +18,7 @@ from kubetune.api.validation import load_study_file
 from kubetune.local.executor import LocalSetupError
 from kubetune.local.runner import Progress, run_study
 
-from conftest import study_manifest, write_manifest
+from conftest import QUADRATIC, study_manifest, write_manifest
 
 
 def run(path: Path, output: Path, **kwargs):
@@ -196,3 +196,33 @@ def test_interrupted_run_keeps_finished_trials_and_resumes(quadratic_study, tmp_
     # The same study file, run again after it finished, changes nothing.
     again = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and trial_docs(output) == after
+
+
+def test_a_missing_trial_program_is_reported_before_any_trial_runs(tmp_path):
+    manifest = study_manifest()
+    manifest["spec"]["trialTemplate"]["template"]["spec"]["containers"][0]["command"] = ["no-such-trainer"]
+    path = write_manifest(tmp_path / "study.yaml", manifest)
+    result = subprocess.run([sys.executable, "-m", "kubetune.cli", "run", str(path), "-o", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "cannot find the trial program 'no-such-trainer'" in result.stderr and "--command" in result.stderr
+    assert not list((tmp_path / "out").glob("trials/*"))
+
+
+def test_command_override_runs_trials_with_a_local_program(tmp_path):
+    manifest = study_manifest(budget={"maxTrials": 1})
+    container = manifest["spec"]["trialTemplate"]["template"]["spec"]["containers"][0]
+    container["command"] = ["/opt/image-only/train"]
+    container["args"] = ["--x=${params.x}"]
+    path = write_manifest(tmp_path / "study.yaml", manifest)
+    study = load_study_file(path)
+    result = run_study(study, tmp_path / "out", command=[sys.executable, QUADRATIC],
+                       progress=Progress(study, stream=io.StringIO(), live=False))
+    assert result.status.phase == "Succeeded"
+    log = (tmp_path / "out" / "trials" / "quad-0000" / "output.log").read_text()
+    assert f"quadratic.py --x={study_x(tmp_path)}" in log
+
+
+def study_x(tmp_path: Path) -> str:
+    trial = json.loads((tmp_path / "out" / "trials" / "quad-0000" / "trial.json").read_text())
+    return repr(trial["spec"]["parameters"]["x"])

@@ -76,6 +76,14 @@ def gpus_per_trial(study: HyperparameterStudy) -> int:
     return 0
 
 
+def _search_path() -> str:
+    """PATH for trials: the caller's, then the folder of this Python's scripts, so programs
+    installed beside kubetune (kubetune-train) are found without activating the venv."""
+    path = os.environ.get("PATH", os.defpath)
+    scripts = str(Path(sys.executable).parent)
+    return path if scripts in path.split(os.pathsep) else path + os.pathsep + scripts
+
+
 def _parent_death_signal() -> Optional[Callable[[], None]]:
     """A pre-exec hook that makes the child get SIGTERM when the runner dies (Linux only),
     so no trial keeps a GPU busy after its runner was killed."""
@@ -134,18 +142,34 @@ class LocalExecutor:
                 f"the trial template asks for {self.gpu_need} {GPU_RESOURCE} per trial, "
                 f"but this machine has {len(self.free_gpus)} ({', '.join(self.free_gpus)})"
             )
-        container = study.spec.trial_template.primary_container
-        if not self.command and not container.command and not container.args:
-            raise LocalSetupError(
-                f"container {container.name!r} has no command: in a cluster the image's entrypoint runs, "
-                f"locally kubetune needs one; pass --command, for example --command 'python train.py'"
-            )
+        self.path = _search_path()
+        self._check_command()
         self.trials: dict[str, HyperparameterTrial] = {}
         self.histories: dict[str, list[Report]] = {}
         self.running: dict[str, Running] = {}
         self.selector = selectors.DefaultSelector()
         threads = max(1, (os.cpu_count() or 1) // study.spec.budget.parallel_trials)
         self.default_threads = str(threads)
+
+    def _check_command(self) -> None:
+        """Fail before the first trial when the program cannot start at all."""
+        container = self.study.spec.trial_template.primary_container
+        command = self.command or container.command
+        if not command:
+            raise LocalSetupError(
+                f"container {container.name!r} has no command: in a cluster the image's entrypoint runs, "
+                f"locally kubetune needs one; pass --command, for example --command 'python train.py'"
+            )
+        program = command[0]
+        if template.placeholders(program):
+            return
+        found = Path(program).is_file() if os.sep in program else shutil.which(program, path=self.path)
+        if not found:
+            raise LocalSetupError(
+                f"cannot find the trial program {program!r} (container {container.name!r}) on this machine; "
+                f"install it (the reference trainer: pip install 'kubetune[trainer]'), "
+                f"or pass --command with a local one, for example --command 'python train.py'"
+            )
 
     # -- the executor interface -----------------------------------------------------------
 
@@ -277,6 +301,7 @@ class LocalExecutor:
         container = self.study.spec.trial_template.primary_container
         values = template.placeholder_values(self.study, trial.metadata.name, trial.spec.index, trial.spec.parameters)
         env = dict(os.environ)
+        env["PATH"] = self.path
         env.setdefault("OMP_NUM_THREADS", self.default_threads)
         env.update({name: value for name, value in template.render_container(container, values)[2]})
         env.update(template.trial_environment(self.study, trial.metadata.name, trial.spec.parameters, port))
@@ -301,7 +326,7 @@ class LocalExecutor:
         log.write(f"# kubetune: attempt {attempts}: {shlex.join(command)}\n")
         log.flush()
         try:
-            process = subprocess.Popen(
+            process = subprocess.Popen(  # the program is looked up on env's PATH
                 command, env=self._environment(trial, port, gpus), stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=_DIE_WITH_PARENT,

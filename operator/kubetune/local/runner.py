@@ -63,16 +63,17 @@ class Progress:
             shown = " ".join(f"{k}={_short(v)}" for k, v in record.parameters.items())
             self.say(f"  started   {record.name}  {shown}")
             return
-        elapsed = time.monotonic() - self.started_at.get(record.name, time.monotonic())
+        started = self.started_at.pop(record.name, None)
+        elapsed = f"  ({time.monotonic() - started:.1f}s)" if started is not None else ""
         objective = self.study.spec.objective
         names = [objective.metric, *objective.additional_metrics]
         metrics = " ".join(f"{m}={record.metrics[m]:.4g}" for m in names if m in record.metrics)
         if kind == "succeeded":
-            self.say(f"  succeeded {record.name}  {metrics}  ({elapsed:.1f}s)")
+            self.say(f"  succeeded {record.name}  {metrics}{elapsed}")
         else:
             first_line = (record.message or "").splitlines()[0] if record.message else ""
             detail = f"{record.reason}: {first_line}" if first_line else (record.reason or "")
-            self.say(f"  {kind:<9} {record.name}  {detail}  ({elapsed:.1f}s)")
+            self.say(f"  {kind:<9} {record.name}  {detail}{elapsed}")
 
     def update(self, status: StudyStatus) -> None:
         if not self.live:
