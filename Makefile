@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test crds bench-runner clean
+.PHONY: run test prometheus crds bench-runner clean
 
 # torch comes from the pinned CPU wheel (see constraints.txt); everything else from the pins.
 $(STAMP): pyproject.toml constraints.txt
@@ -19,9 +19,14 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/kubetune run examples/digits/study.yaml
 
-## test: the whole test suite
-test: $(STAMP)
+## test: the whole test suite (installs Debian's prometheus for the tests that scrape for real)
+test: $(STAMP) prometheus
 	$(BIN)/python -m pytest
+
+prometheus:
+	@command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; \
+	  else echo "prometheus is not installed: run 'sudo apt-get install prometheus' (tests that need it are skipped)"; fi; }
 
 ## crds: regenerate crds/ from the API models
 crds: $(STAMP)
