@@ -56,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("study", help="the study manifest (YAML)")
 
+    operator = commands.add_parser(
+        "operator",
+        help="run the Kubernetes operator (in the cluster, or against your kubeconfig)",
+        description="Run the kopf operator that turns HyperparameterStudies into trials and Jobs.",
+    )
+    from kubetune.operator import add_arguments
+
+    add_arguments(operator)
+
     crds = commands.add_parser(
         "crds",
         help="write the CustomResourceDefinitions generated from the API models",
@@ -67,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "operator":
+        from kubetune.operator import run
+
+        return run(args)
     if args.command == "crds":
         from kubetune.api.crd import write_crds
 

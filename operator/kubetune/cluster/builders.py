@@ -49,7 +49,6 @@ def build_trial(
             "ownerReferences": [owner_reference(study_body)],
         },
         "spec": spec,
-        "status": {"phase": "Pending"},
     }
 
 

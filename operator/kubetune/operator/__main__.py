@@ -1,0 +1,5 @@
+import sys
+
+from kubetune.operator import main
+
+sys.exit(main())

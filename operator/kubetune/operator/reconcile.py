@@ -1,0 +1,288 @@
+"""One reconcile of one study: observe its trials, ask the engine, apply the plan.
+
+Level-based and idempotent: everything is recomputed from the objects in the cluster (the
+study, its HyperparameterTrials, their Jobs and Pods), names are deterministic and creates
+tolerate AlreadyExists, so running it twice, or after an operator restart, is harmless.
+It is synchronous on purpose and runs in a worker thread: strategy fits and API calls never
+block the event loop that serves every other study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Mapping, Optional, Sequence
+
+from pydantic import ValidationError
+
+from kubetune.api.models import TERMINAL_TRIAL_PHASES, Condition, HyperparameterStudy, StudyStatus
+from kubetune.api.validation import StudyInvalid, parse_study
+from kubetune.cluster import observe
+from kubetune.cluster.builders import build_job, build_trial
+from kubetune.cluster.kube import KubeApi
+from kubetune.cluster.prometheus import PrometheusReader, PrometheusUnavailable, TrialMetrics
+from kubetune.engine import Plan, invalid_status, plan, set_condition, timestamp
+from kubetune.operator import metrics
+from kubetune.trials import TrialRecord
+
+SEARCH_SPACE_ANNOTATION = "kubetune.io/search-space"
+PROMETHEUS_URL_ANNOTATION = "kubetune.io/prometheus-url"
+# Applying a plan changes the trials; re-plan until nothing is left to do (bounded).
+MAX_PLAN_ROUNDS = 4
+
+
+@dataclass
+class OperatorConfig:
+    prometheus_url: Optional[str] = None
+    resync_seconds: float = 10.0
+    trial_metrics_port: int = 9464
+
+
+@dataclass
+class Outcome:
+    phase: str
+    #: Kubernetes events to post on the study: (type, reason, message).
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Observed:
+    """What one look at a study's trials found."""
+
+    records: list[TrialRecord]
+    unschedulable: list[tuple[str, str]]  # (trial, the scheduler's message)
+    metrics_error: Optional[str]
+    newly_failed: list[TrialRecord]
+
+
+def search_space_digest(study: HyperparameterStudy) -> str:
+    """A fingerprint of the immutable fields, to notice edits the API server let through."""
+    data = {"parameters": [p.to_wire() for p in study.spec.parameters], "objective": study.spec.objective.to_wire()}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def previous_status(body: Mapping[str, Any]) -> Optional[StudyStatus]:
+    try:
+        return StudyStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        return None  # written by something else (an older version): rebuilt from the trials
+
+
+def _finite(values: Mapping[str, float]) -> dict[str, float]:
+    # JSON in the API server has no NaN or Infinity; a diverged value is left out.
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+class Reconciler:
+    def __init__(self, api: KubeApi, config: OperatorConfig) -> None:
+        self.api = api
+        self.config = config
+
+    def reconcile(
+        self,
+        body: Mapping[str, Any],
+        trials: Sequence[Mapping[str, Any]],
+        jobs: Mapping[str, Mapping[str, Any]],
+        pods: Mapping[str, Sequence[Mapping[str, Any]]],
+        now: datetime,
+    ) -> Outcome:
+        began = time.perf_counter()
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        generation = meta.get("generation")
+        previous = previous_status(body)
+        manifest = {k: v for k, v in body.items() if k != "status"}
+        try:
+            study = parse_study(manifest)
+        except StudyInvalid as exc:
+            return self._invalid(body, previous, "InvalidSpec", exc.summary(), now)
+        study.metadata.namespace = namespace
+        digest = search_space_digest(study)
+        recorded = (meta.get("annotations") or {}).get(SEARCH_SPACE_ANNOTATION)
+        if recorded is None:
+            self.api.annotate_study(namespace, name, {SEARCH_SPACE_ANNOTATION: digest})
+        elif recorded != digest:
+            return self._invalid(
+                body, previous, "ImmutableFieldChanged",
+                "spec.parameters or spec.objective changed after the study started; its trials would no longer be "
+                "comparable. Restore the original values, or create a new study for the new search space.", now)
+
+        observed = self._observe(study, trials, jobs, pods, now)
+        status_plan: Optional[Plan] = None
+        records = observed.records
+        for _ in range(MAX_PLAN_ROUNDS):
+            planned_at = time.perf_counter()
+            status_plan = plan(study, records, now, previous=previous)
+            metrics.SUGGESTION_SECONDS.observe(time.perf_counter() - planned_at)
+            if not status_plan.actions:
+                break
+            records = self._apply(study, body, status_plan, records, now)
+        status = status_plan.status
+        status.conditions += self._extra_conditions(previous, observed, generation, now)
+        wire = status.to_wire()
+        if wire != body.get("status"):
+            self.api.patch_study_status(namespace, name, wire)
+        counts = status.trials.model_dump()
+        best = status.best_trial.objective if status.best_trial else None
+        metrics.record_study(namespace, name, status.phase, counts, best)
+        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - began)
+        return Outcome(status.phase, self._events(previous, status, observed))
+
+    # -- observing ---------------------------------------------------------------------
+
+    def _observe(self, study, trials, jobs, pods, now) -> Observed:
+        namespace = study.metadata.namespace
+        primary = study.spec.trial_template.primary_container.name
+        active = [t for t in trials if (t.get("status") or {}).get("phase", "Pending") not in TERMINAL_TRIAL_PHASES]
+        scraped: dict[str, TrialMetrics] = {}
+        metrics_error = None
+        url = (study.metadata.annotations or {}).get(PROMETHEUS_URL_ANNOTATION) or self.config.prometheus_url
+        if active and url:
+            started = min((t["metadata"].get("creationTimestamp") or "" for t in active), default="")
+            window = _seconds_since(started, now) + 60
+            try:
+                scraped = PrometheusReader(url).study_metrics(namespace, study.metadata.name, window)
+            except PrometheusUnavailable as exc:
+                metrics_error = str(exc)
+        records, unschedulable, newly_failed = [], [], []
+        for trial in sorted(trials, key=lambda t: t["spec"]["index"]):
+            name = trial["metadata"]["name"]
+            status = dict(trial.get("status") or {})
+            if status.get("phase", "Pending") not in TERMINAL_TRIAL_PHASES:
+                job = jobs.get(name)
+                if job is None:
+                    # The trial exists but its Job does not: the operator stopped between the two creates.
+                    self.api.create_job(build_job(study, trial, self.config.trial_metrics_port))
+                else:
+                    new = self._trial_status(study, status, job, pods.get(name, ()), scraped.get(name), primary)
+                    if new.get("unschedulable"):
+                        unschedulable.append((name, new.pop("unschedulable")))
+                    if new.get("phase") == "Failed" and new.get("reason") in observe.TERMINAL_WAITING_REASONS:
+                        self.api.delete_job(namespace, name)  # it would wait for the image forever
+                    if new != status:
+                        self.api.patch_trial_status(namespace, name, new)
+                        if new.get("phase") == "Failed":
+                            newly_failed.append(name)
+                    status = new
+            records.append(TrialRecord(
+                name=name, index=trial["spec"]["index"], parameters=trial["spec"]["parameters"],
+                phase=status.get("phase", "Pending"), metrics=status.get("metrics", {}),
+                reason=status.get("reason"), message=status.get("message"), rerun_of=trial["spec"].get("rerunOf"),
+            ))
+        failed = [r for r in records if r.name in newly_failed]
+        return Observed(records, unschedulable, metrics_error, failed)
+
+    def _trial_status(self, study, status, job, pods, scraped: Optional[TrialMetrics], primary) -> dict[str, Any]:
+        observation = observe.observe_job(job, pods, primary)
+        new = dict(status)
+        job_status = job.get("status") or {}
+        new.update({
+            "phase": observation.phase,
+            "jobName": job["metadata"]["name"],
+            "attempts": sum(job_status.get(k) or 0 for k in ("active", "succeeded", "failed")),
+        })
+        for key, value in (("reason", observation.reason), ("message", observation.message),
+                           ("startTime", observation.start_time), ("completionTime", observation.completion_time)):
+            if value is not None:
+                new[key] = value
+            else:
+                new.pop(key, None)
+        values = dict(status.get("metrics") or {})
+        if scraped is not None:
+            values.update(scraped.metrics)
+            if scraped.step is not None:
+                new["step"] = scraped.step
+        record = observe.parse_termination(observation.termination_message)
+        if record is not None:
+            # The trial's own final word: authoritative when Prometheus missed the last scrape.
+            values.update(record["metrics"])
+            if record.get("step") is not None:
+                new["step"] = record["step"]
+            new["reportedSteps"] = max(new.get("reportedSteps", 0), len(record.get("history") or []))
+        new["metrics"] = _finite(values)
+        objective = study.spec.objective.metric
+        if observation.phase == "Succeeded" and objective not in new["metrics"]:
+            new.update(phase="Failed", reason="NoMetrics", message=(
+                f"the trial finished without reporting a finite {objective}; it reported "
+                f"{', '.join(sorted(new['metrics'])) or 'nothing'} (call kubetune.trial.report({objective}=...))"))
+        if observation.unschedulable:
+            new["unschedulable"] = observation.unschedulable
+        return new
+
+    # -- acting ------------------------------------------------------------------------
+
+    def _apply(self, study, body, result: Plan, records: list[TrialRecord], now) -> list[TrialRecord]:
+        namespace = study.metadata.namespace
+        by_name = {r.name: r for r in records}
+        for stop in result.stops():
+            self.api.delete_job(namespace, stop.name)
+            self.api.patch_trial_status(namespace, stop.name, {
+                "phase": stop.phase, "reason": stop.reason, "message": stop.message,
+                "completionTime": timestamp(now)})
+            by_name[stop.name] = replace(by_name[stop.name], phase=stop.phase, reason=stop.reason, message=stop.message)
+        for create in result.creates():
+            created = self.api.create_trial(build_trial(study, body, create.name, create.index,
+                                                        create.parameters, create.rerun_of))
+            self.api.create_job(build_job(study, created, self.config.trial_metrics_port))
+            by_name[create.name] = TrialRecord(create.name, create.index, create.parameters, rerun_of=create.rerun_of)
+        return sorted(by_name.values(), key=lambda r: r.index)
+
+    def _invalid(self, body, previous, reason: str, message: str, now) -> Outcome:
+        meta = body["metadata"]
+        status = invalid_status(previous, message, meta.get("generation"), now)
+        status.conditions[0].reason = reason
+        if status.to_wire() != body.get("status"):
+            self.api.patch_study_status(meta["namespace"], meta["name"], status.to_wire())
+        events = []
+        old = previous.condition("Ready") if previous else None
+        if old is None or old.status != "False" or old.message != message:
+            events.append(("Warning", reason, message))
+        return Outcome(status.phase, events)
+
+    # -- status extras and events --------------------------------------------------------
+
+    def _extra_conditions(self, previous, observed: Observed, generation, now) -> list[Condition]:
+        old = previous.conditions if previous else []
+        unschedulable = observed.unschedulable
+        degraded = observed.metrics_error
+        return [
+            set_condition(old, "TrialsUnschedulable", bool(unschedulable),
+                          "Unschedulable" if unschedulable else "AllScheduled",
+                          f"{len(unschedulable)} trial pods cannot be scheduled; {unschedulable[0][0]}: {unschedulable[0][1]}"
+                          if unschedulable else "", generation, now),
+            set_condition(old, "MetricsDegraded", degraded is not None,
+                          "PrometheusUnavailable" if degraded else "MetricsAvailable",
+                          f"cannot query Prometheus ({degraded}); final results come from the trials' termination messages"
+                          if degraded else "", generation, now),
+        ]
+
+    def _events(self, previous: Optional[StudyStatus], status: StudyStatus, observed) -> list[tuple[str, str, str]]:
+        events = []
+        old_phase = previous.phase if previous else None
+        if status.phase != old_phase:
+            condition = status.condition(status.phase)
+            message = condition.message if condition and condition.message else f"study is {status.phase}"
+            kind = "Warning" if status.phase == "Failed" else "Normal"
+            events.append((kind, condition.reason if condition else status.phase, message))
+        for record in observed.newly_failed:
+            events.append(("Warning", "TrialFailed", f"{record.name}: {record.reason}: {(record.message or '')[:200]}"))
+        old_best = previous.best_trial.name if previous and previous.best_trial else None
+        if status.best_trial and status.best_trial.name != old_best:
+            events.append(("Normal", "NewBestTrial",
+                           f"{status.best_trial.name}: objective {status.best_trial.objective:.6g}"))
+        return events
+
+
+def _seconds_since(stamp: str, now: datetime) -> float:
+    if not stamp:
+        return 0.0
+    try:
+        then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return max(0.0, (now - then).total_seconds())
+
