@@ -41,5 +41,9 @@ $(BENCH_STAMP): $(STAMP)
 bench-runner: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench_runner.py
 
+## bench-strategies: sample efficiency and suggestion latency of the strategies beside Optuna's (~45 min on 2 cores)
+bench-strategies: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/bench_strategies.py
+
 clean:
 	rm -rf $(VENV) kubetune-runs .pytest_cache

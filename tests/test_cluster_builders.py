@@ -4,6 +4,7 @@ phases from Job and Pod status as the API server reports them."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import pytest
 
@@ -68,7 +69,7 @@ def test_job_from_the_trial_template():
     trial, sidecar = pod["spec"]["containers"]
     assert trial["args"] == ["--x=0.25", "--name=quad-0003"]
     assert sidecar["args"] == ["echo", "0.25"]
-    assert trial["resources"] == {"limits": {"nvidia.com/gpu": 1, "memory": "8Gi"}}
+    assert trial["resources"] == {"limits": {"nvidia.com/gpu": "1", "memory": "8Gi"}}
     env = {e["name"]: e["value"] for e in trial["env"]}
     assert env["RUN"] == "quad-3"
     assert json.loads(env["KUBETUNE_PARAMS"]) == {"x": 0.25}
@@ -87,8 +88,14 @@ def test_building_a_job_leaves_the_study_untouched():
     assert study.model_dump() == before
 
 
+NOW = datetime(2026, 1, 1, 0, 10, tzinfo=timezone.utc)
+JUST_NOW = "2026-01-01T00:10:00Z"
+LONG_AGO = "2026-01-01T00:00:00Z"
+
+
 def job(conditions=(), **status):
-    return {"metadata": {"name": "quad-0003"}, "status": {"conditions": list(conditions), **status}}
+    conditions = [{"lastTransitionTime": JUST_NOW, **c} for c in conditions]
+    return {"metadata": {"name": "quad-0003"}, "status": {"conditions": conditions, **status}}
 
 
 def pod(phase="Pending", name="quad-0003-abc", created="2026-01-01T00:00:00Z", conditions=(), **container_state):
@@ -98,26 +105,26 @@ def pod(phase="Pending", name="quad-0003-abc", created="2026-01-01T00:00:00Z", c
 
 
 def test_no_job_yet_is_pending():
-    assert observe_job(None, [], "trial").phase == "Pending"
+    assert observe_job(None, [], "trial", NOW).phase == "Pending"
 
 
 def test_complete_job_succeeds_with_the_termination_message():
     record = json.dumps({"metrics": {"loss": 0.1}, "step": 5})
     observed = observe_job(job([{"type": "Complete", "status": "True"}], completionTime="2026-01-01T00:05:00Z"),
-                           [pod("Succeeded", state={"terminated": {"exitCode": 0, "message": record}})], "trial")
+                           [pod("Succeeded", state={"terminated": {"exitCode": 0, "message": record}})], "trial", NOW)
     assert observed.phase == "Succeeded" and observed.completion_time == "2026-01-01T00:05:00Z"
     assert parse_termination(observed.termination_message) == {"metrics": {"loss": 0.1}, "step": 5}
 
 
 def test_deadline_exceeded():
     observed = observe_job(job([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
-                                 "message": "Job was active longer than specified deadline"}]), [], "trial")
+                                 "message": "Job was active longer than specified deadline"}]), [], "trial", NOW)
     assert (observed.phase, observed.reason) == ("Failed", "DeadlineExceeded")
 
 
 def test_oom_killed():
     observed = observe_job(job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]),
-                           [pod("Failed", state={"terminated": {"exitCode": 137, "reason": "OOMKilled"}})], "trial")
+                           [pod("Failed", state={"terminated": {"exitCode": 137, "reason": "OOMKilled"}})], "trial", NOW)
     assert (observed.phase, observed.reason) == ("Failed", "OOMKilled")
     assert "memory limit" in observed.message
 
@@ -128,26 +135,34 @@ def test_error_carries_exit_code_and_the_containers_last_words():
     newer = pod("Failed", name="b", created="2026-01-01T00:01:00Z",
                 state={"terminated": {"exitCode": 3, "reason": "Error", "message": logs}})
     observed = observe_job(job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]),
-                           [newer, older], "trial")
+                           [newer, older], "trial", NOW)
     assert (observed.phase, observed.reason) == ("Failed", "Error")
     assert observed.message == "exit code 3: kubetune-train: training diverged at epoch 3 (train_loss=nan)"
 
 
 @pytest.mark.parametrize("reason", ["ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"])
 def test_pods_that_can_never_start_fail_the_trial(reason):
-    observed = observe_job(job(), [pod(state={"waiting": {"reason": reason, "message": "image kubetune-trial:typo not found"}})], "trial")
+    observed = observe_job(job(), [pod(state={"waiting": {"reason": reason, "message": "image kubetune-trial:typo not found"}})], "trial", NOW)
     assert (observed.phase, observed.reason, observed.message) == ("Failed", reason, "image kubetune-trial:typo not found")
 
 
 def test_unschedulable_gpu_pod_stays_pending_with_the_schedulers_message():
     message = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
     observed = observe_job(job(), [pod(conditions=[{"type": "PodScheduled", "status": "False",
-                                                     "reason": "Unschedulable", "message": message}])], "trial")
+                                                     "reason": "Unschedulable", "message": message}])], "trial", NOW)
     assert observed.phase == "Pending" and observed.unschedulable == message
 
 
+def test_a_finished_job_waits_for_its_pods_final_state_then_gives_up_on_it():
+    complete = [{"type": "Complete", "status": "True"}]
+    waiting = observe_job(job(complete), [pod("Running", state={"running": {}})], "trial", NOW)
+    assert (waiting.phase, waiting.reason) == ("Running", "AwaitingPodStatus")
+    late = [{"type": "Complete", "status": "True", "lastTransitionTime": LONG_AGO}]
+    assert observe_job(job(late), [], "trial", NOW).phase == "Succeeded"  # the Pod was deleted meanwhile
+
+
 def test_running_pod():
-    assert observe_job(job(active=1), [pod("Running", state={"running": {}})], "trial").phase == "Running"
+    assert observe_job(job(active=1), [pod("Running", state={"running": {}})], "trial", NOW).phase == "Running"
 
 
 def test_termination_text_that_is_not_the_sdk_record_is_ignored_as_metrics():

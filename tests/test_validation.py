@@ -46,7 +46,7 @@ CASES = [
     (lambda m: m["spec"]["objective"].update(goal="minimise"), "spec.objective.goal", "'minimize' or 'maximize'"),
     (lambda m: m["spec"].pop("objective"), "spec.objective", "required field is missing"),
     (lambda m: m["spec"].update(strategy={"name": "bayes"}), "spec.strategy.name",
-     "unknown strategy 'bayes'; available: grid, random"),
+     "unknown strategy 'bayes'; available: auto, bayesian, grid, random, sobol"),
     (lambda m: m["spec"].update(earlyStopping={"name": "median"}), "spec.earlyStopping.name",
      "unknown early-stopping rule 'median'"),
     (lambda m: m["metadata"].update(name="My_Study"), "metadata.name", "lowercase letters, digits and '-'"),

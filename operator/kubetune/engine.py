@@ -164,7 +164,7 @@ def plan(
         phase=phase,
         trials=counts,
         best_trial=_best_status(study, best),
-        strategy=StrategyStatus(name=strategy.name, seed=study_seed(study)),
+        strategy=StrategyStatus(name=strategy.name, seed=study_seed(study), chosen=strategy.chosen, reason=strategy.reason),
         observed_generation=study.metadata.generation,
         start_time=previous.start_time or (timestamp(now) if (trials or actions) else None),
         completion_time=(previous.completion_time or timestamp(now)) if phase in ("Succeeded", "Failed") else None,

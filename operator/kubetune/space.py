@@ -94,7 +94,8 @@ def _unit_to_value(parameter: Parameter, u: float) -> float:
     else:
         value = parameter.min + u * (parameter.max - parameter.min)
     value = min(max(value, parameter.min), parameter.max)
-    return round(value) if parameter.type == "int" else value
+    # exp(log(x)) drifts in the last bits (1e-4 -> 0.00010000000000000009); 12 digits is plenty.
+    return round(value) if parameter.type == "int" else float(f"{value:.12g}")
 
 
 def format_value(value: Any) -> str:

@@ -35,6 +35,8 @@ ENV_PARAMS = "KUBETUNE_PARAMS"
 ENV_PARAM_PREFIX = "KUBETUNE_PARAM_"
 ENV_METRICS_PORT = "KUBETUNE_METRICS_PORT"
 ENV_TERMINATION_PATH = "KUBETUNE_TERMINATION_PATH"
+# The local runner serves trials on loopback only; in a pod Prometheus scrapes the pod's IP.
+ENV_METRICS_ADDR = "KUBETUNE_METRICS_ADDR"
 
 DEFAULT_METRICS_PORT = 9464
 POD_TERMINATION_PATH = "/dev/termination-log"
@@ -102,7 +104,7 @@ class _Reporter:
     def _serve(self) -> None:
         port = int(os.environ.get(ENV_METRICS_PORT, DEFAULT_METRICS_PORT))
         try:
-            start_http_server(port, registry=self.registry)
+            start_http_server(port, addr=os.environ.get(ENV_METRICS_ADDR, "0.0.0.0"), registry=self.registry)
             self.server_started = True
         except OSError as exc:
             # Metrics still reach the runner through the termination message.

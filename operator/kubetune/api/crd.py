@@ -253,9 +253,3 @@ def write_crds(directory: str | Path) -> list[Path]:
         paths.append(path)
     return paths
 
-
-def main_crds(output_dir: str) -> int:
-    """`kubetune crds --output-dir DIR`: write the CRD manifests."""
-    for path in write_crds(output_dir):
-        print(path)
-    return 0

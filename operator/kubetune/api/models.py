@@ -20,8 +20,9 @@ GROUP = "kubetune.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# Trial names are "<study>-<index, zero-padded to 4>"; a Job's name becomes a pod label
-# (at most 63 characters), so the study name leaves room for "-" and up to 6 digits.
+# Trial and Job names are "<study>-<index, zero-padded to 4>", and a Job's name becomes a pod
+# label (at most 63 characters): 52 + "-" + up to 7 digits (10 million trials) leaves room for
+# the suffix the Job controller adds to its pods' names.
 MAX_STUDY_NAME_LENGTH = 52
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 PARAMETER_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]*$"
@@ -90,7 +91,7 @@ class Objective(ApiModel):
     additional_metrics: list[str] = Field(
         default_factory=list,
         max_length=32,
-        description="Other metrics to record for every trial and show with the best trial; they do not steer the search.",
+        description="Other metrics to show beside the objective in progress lines and summaries; every reported metric is recorded either way, and these do not steer the search.",
     )
 
     @field_validator("target")
@@ -177,10 +178,11 @@ class Parameter(ApiModel):
             if len({_value_key(v) for v in self.values}) != len(self.values):
                 raise ValueError("values must not repeat")
             return self
+        article = "an" if self.type == "int" else "a"
         if self.values is not None:
-            raise ValueError(f"a {self.type} parameter takes min and max, not values (use type: categorical for a list)")
+            raise ValueError(f"{article} {self.type} parameter takes min and max, not values (use type: categorical for a list)")
         if self.min is None or self.max is None:
-            raise ValueError(f"a {self.type} parameter needs both min and max")
+            raise ValueError(f"{article} {self.type} parameter needs both min and max")
         if not (math.isfinite(self.min) and math.isfinite(self.max)):
             raise ValueError("min and max must be finite numbers")
         if not self.min < self.max:
@@ -230,8 +232,8 @@ class Strategy(ApiModel):
     """How the next configurations are proposed."""
 
     name: str = Field(
-        default="random",
-        description="Search strategy: random (independent samples, log-uniform on log scales) or grid (every combination in order).",
+        default="auto",
+        description="Search strategy: auto (the default: picks one from the space and budget and says which in status.strategy), bayesian (Gaussian-process Bayesian optimisation after a Sobol design; the most sample-efficient for numeric spaces), sobol (quasi-random points that fill the space evenly), random (independent samples, log-uniform on log scales) or grid (every combination in order).",
     )
     seed: Optional[int] = Field(
         default=None,
@@ -331,7 +333,7 @@ class TrialTemplate(ApiModel):
         description="The container that runs the training and reports metrics; by default the first container.",
     )
     template: PodTemplate = Field(
-        description="A core/v1 PodTemplateSpec. ${params.NAME}, ${trial.name}, ${trial.index} and ${study.name} are substituted in command, args and env values."
+        description="A core/v1 PodTemplateSpec. ${params.NAME}, ${trial.name}, ${trial.index}, ${study.name} and ${study.namespace} are substituted in command, args and env values."
     )
 
     @model_validator(mode="after")
@@ -456,6 +458,8 @@ class BestTrial(ApiModel):
 class StrategyStatus(ApiModel):
     name: str = Field(description="The strategy in use.")
     seed: int = Field(description="The seed in use.")
+    chosen: Optional[str] = Field(default=None, description="The strategy auto picked.")
+    reason: Optional[str] = Field(default=None, description="Why auto picked it.")
 
 
 class StudyStatus(ApiModel):

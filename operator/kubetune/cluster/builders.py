@@ -17,10 +17,10 @@ TRIAL_LABEL = "kubetune.io/trial"
 TRIAL_INDEX_ANNOTATION = "kubetune.io/trial-index"
 
 
-def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
+def owner_reference(body: Mapping[str, Any], kind: str) -> dict[str, Any]:
     return {
-        "apiVersion": body["apiVersion"],
-        "kind": body["kind"],
+        "apiVersion": API_VERSION,
+        "kind": kind,
         "name": body["metadata"]["name"],
         "uid": body["metadata"]["uid"],
         "controller": True,
@@ -46,10 +46,18 @@ def build_trial(
             "name": name,
             "namespace": study.metadata.namespace,
             "labels": {STUDY_LABEL: study.metadata.name, TRIAL_LABEL: name},
-            "ownerReferences": [owner_reference(study_body)],
+            "ownerReferences": [owner_reference(study_body, "HyperparameterStudy")],
         },
         "spec": spec,
     }
+
+
+def _quantities_as_strings(container: dict[str, Any]) -> None:
+    """`nvidia.com/gpu: 1` is valid YAML for a quantity, but the API's type is a string."""
+    for kind in ("limits", "requests"):
+        amounts = (container.get("resources") or {}).get(kind)
+        if amounts:
+            container["resources"][kind] = {k: str(v) for k, v in amounts.items()}
 
 
 def build_job(
@@ -87,6 +95,7 @@ def build_job(
     primary_name = trial_template.primary_container.name
     kubetune_env = template.trial_environment(study, name, parameters, metrics_port)
     for container in pod_spec["containers"]:
+        _quantities_as_strings(container)
         for key in ("command", "args"):
             if container.get(key) is not None:
                 container[key] = [template.substitute(text, values) for text in container[key]]
@@ -119,7 +128,7 @@ def build_job(
             "namespace": study.metadata.namespace,
             "labels": labels,
             "annotations": {TRIAL_INDEX_ANNOTATION: str(index)},
-            "ownerReferences": [owner_reference(trial_body)],
+            "ownerReferences": [owner_reference(trial_body, "HyperparameterTrial")],
         },
         "spec": job_spec,
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Mapping, Optional, Sequence
 
 # A pod stuck on these never starts; retrying the same spec cannot help, so the trial fails.
@@ -15,6 +16,9 @@ TERMINAL_WAITING_REASONS = frozenset({
     "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
 })
 MESSAGE_LIMIT = 1024
+# Job and Pod events arrive on separate watches, so a finished Job can be seen before its Pod's
+# final state (which holds the trial's result). Wait this long for the Pod before giving up on it.
+POD_LAG_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,18 @@ def _clip(text: Optional[str]) -> Optional[str]:
     return text if len(text) <= MESSAGE_LIMIT else "..." + text[-MESSAGE_LIMIT:]
 
 
-def observe_job(job: Optional[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]], container: str) -> JobObservation:
+def _seconds_since(stamp: Optional[str], now: datetime) -> float:
+    if not stamp:
+        return 0.0
+    try:
+        return (now - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
+    except ValueError:
+        return 0.0
+
+
+def observe_job(
+    job: Optional[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]], container: str, now: datetime
+) -> JobObservation:
     """The trial's phase from its Job and that Job's Pods; `container` is the primary one."""
     if job is None:
         return JobObservation("Pending", "JobNotCreated")
@@ -74,10 +89,14 @@ def observe_job(job: Optional[Mapping[str, Any]], pods: Sequence[Mapping[str, An
     times = {"start_time": status.get("startTime"), "completion_time": status.get("completionTime")}
 
     complete = _condition(job, "Complete")
-    if complete is not None and complete.get("status") == "True":
-        return JobObservation("Succeeded", "Completed", None, termination, **times)
     failed = _condition(job, "Failed")
-    if failed is not None and failed.get("status") == "True":
+    finished = next((c for c in (complete, failed) if c is not None and c.get("status") == "True"), None)
+    if (finished is not None and not terminated and finished.get("reason") != "DeadlineExceeded"
+            and _seconds_since(finished.get("lastTransitionTime"), now) < POD_LAG_SECONDS):
+        return JobObservation("Running", "AwaitingPodStatus", None, None, **times)
+    if finished is complete and complete is not None:
+        return JobObservation("Succeeded", "Completed", None, termination, **times)
+    if finished is not None:
         if failed.get("reason") == "DeadlineExceeded":
             return JobObservation("Failed", "DeadlineExceeded", _clip(failed.get("message")), termination, **times)
         if terminated.get("reason") == "OOMKilled":

@@ -31,7 +31,7 @@ from kubetune import template
 from kubetune.api.models import TERMINAL_TRIAL_PHASES, HyperparameterStudy, HyperparameterTrial, TrialStatus
 from kubetune.engine import CreateTrial, StopTrial, timestamp
 from kubetune.local.store import StudyStore, record_of
-from kubetune.trial import ENV_TERMINATION_PATH, METRIC_NAME, STEP_NAME
+from kubetune.trial import ENV_METRICS_ADDR, ENV_TERMINATION_PATH, METRIC_NAME, STEP_NAME
 from kubetune.trials import Report, TrialRecord
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -77,11 +77,12 @@ def gpus_per_trial(study: HyperparameterStudy) -> int:
 
 
 def _search_path() -> str:
-    """PATH for trials: the caller's, then the folder of this Python's scripts, so programs
-    installed beside kubetune (kubetune-train) are found without activating the venv."""
+    """PATH for trials: the folder of this Python's scripts first, then the caller's, so that
+    `python` and programs installed beside kubetune (kubetune-train) are the ones from the same
+    environment, activated or not."""
     path = os.environ.get("PATH", os.defpath)
     scripts = str(Path(sys.executable).parent)
-    return path if scripts in path.split(os.pathsep) else path + os.pathsep + scripts
+    return os.pathsep.join([scripts] + [p for p in path.split(os.pathsep) if p != scripts])
 
 
 def _parent_death_signal() -> Optional[Callable[[], None]]:
@@ -307,8 +308,9 @@ class LocalExecutor:
         env.update(template.trial_environment(self.study, trial.metadata.name, trial.spec.parameters, port))
         env[ENV_TERMINATION_PATH] = str(self.store.trial_dir(trial.metadata.name) / "termination.json")
         env["PYTHONUNBUFFERED"] = "1"
-        if self.gpu_need:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        # Exactly the GPUs handed out, none for a trial that requests none (as in a cluster).
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        env[ENV_METRICS_ADDR] = "127.0.0.1"
         return env
 
     def _launch(self, trial: HyperparameterTrial) -> None:
@@ -439,7 +441,8 @@ class LocalExecutor:
             lines = path.read_text(errors="replace").splitlines()
         except OSError:
             return ""
-        lines = [line for line in lines if not line.startswith("# kubetune:")]
+        attempt_starts = [i for i, line in enumerate(lines) if line.startswith("# kubetune: attempt")]
+        lines = lines[attempt_starts[-1] + 1:] if attempt_starts else lines
         return "\n".join(lines[-OUTPUT_TAIL_LINES:])
 
 

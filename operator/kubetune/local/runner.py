@@ -23,6 +23,10 @@ from kubetune.local.store import StudyStore
 from kubetune.trials import TrialRecord
 
 
+# trials.csv is rewritten whole, so not after every trial of a 10,000-trial study.
+SUMMARY_INTERVAL = 5.0
+
+
 @dataclass
 class RunResult:
     status: StudyStatus
@@ -111,12 +115,14 @@ def run_study(
     stop_grace: float = 10.0,
     progress: Optional[Progress] = None,
 ) -> RunResult:
-    if restart and output.exists():
-        shutil.rmtree(output)
-    store = StudyStore.open(output, study)
+    store = StudyStore(output, study)
     progress = progress or Progress(study)
+    # Setup errors (a missing program, too few GPUs) surface before anything on disk changes.
     executor = LocalExecutor(study, store, command=command, gpus=gpus, scrape_interval=scrape_interval,
                              stop_grace=stop_grace, on_event=progress.event)
+    if restart and output.exists():
+        shutil.rmtree(output)
+    store.prepare()
     executor.load()
     spec = study.spec
     resumed = len(executor.trials)
@@ -127,8 +133,11 @@ def run_study(
     )
     if executor.gpu_fallback:
         progress.say(f"kubetune: the trial template asks for {GPU_RESOURCE}, but no GPU is visible here; trials run on the CPU")
+    elif not executor.gpu_need and executor.free_gpus:
+        progress.say(f"kubetune: the trial template requests no {GPU_RESOURCE}, so trials get no GPU (as in a cluster)")
     status = store.read_status()
     interrupted = False
+    summary_written = time.monotonic()
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while True:
@@ -142,6 +151,9 @@ def run_study(
             if result.actions:
                 continue  # re-plan at once: the status must count what was just started or stopped
             store.write_status(status)
+            if time.monotonic() - summary_written > SUMMARY_INTERVAL:
+                store.write_summary(executor.records())
+                summary_written = time.monotonic()
             progress.update(status)
             if result.finished or (status.phase == "Suspended" and executor.active == 0):
                 break
@@ -151,7 +163,7 @@ def run_study(
         progress.say("kubetune: interrupted; stopping running trials (finished results are kept)")
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not tear the shutdown
         executor.stop_all("Interrupted", "the runner was interrupted; the trial's parameters run again on resume")
-        status = plan(study, executor.records(), now(), previous=status).status
+        status = interrupted_status(plan(study, executor.records(), now(), previous=status).status)
         store.write_status(status)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
@@ -160,6 +172,18 @@ def run_study(
         store.write_summary(executor.records())
         progress.close()
     return RunResult(status, output, interrupted)
+
+
+def interrupted_status(status: StudyStatus) -> StudyStatus:
+    """An interrupted local study is suspended until the same command runs again."""
+    status = status.model_copy(deep=True)
+    status.phase = "Suspended"
+    message = "the runner was interrupted; run the same command again to resume"
+    for condition in status.conditions:
+        if condition.type in ("Running", "Suspended"):
+            condition.status = "True" if condition.type == "Suspended" else "False"
+            condition.reason, condition.message = "Interrupted", message
+    return status
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

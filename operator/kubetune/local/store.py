@@ -46,12 +46,19 @@ def atomic_write(path: Path, text: str, durable: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes files private; results are meant to be shared
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
+        if durable:  # the rename itself must reach the disk too
+            directory = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -63,10 +70,9 @@ class StudyStore:
         self.study = study
         self._last_status: Optional[dict[str, Any]] = None
 
-    @classmethod
-    def open(cls, root: Path, study: HyperparameterStudy) -> "StudyStore":
-        """Open (or create) the output folder; refuse one that holds a different study."""
-        store = cls(root, study)
+    def prepare(self) -> None:
+        """Create the output folder, or check that it holds this study; refuse a different one."""
+        root, study = self.root, self.study
         manifest = root / "study.yaml"
         if manifest.exists():
             previous = HyperparameterStudy.model_validate(yaml.safe_load(manifest.read_text()))
@@ -82,7 +88,6 @@ class StudyStore:
                     f"use another --output folder"
                 )
         atomic_write(manifest, yaml.safe_dump(study.to_wire(), sort_keys=False))
-        return store
 
     # -- study --------------------------------------------------------------------------
 

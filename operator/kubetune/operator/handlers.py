@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -51,10 +52,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
 
 
 def _load_kube_config() -> None:
+    """In a pod, the service account; elsewhere $KUBECONFIG or ~/.kube/config, as kubectl does."""
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        # Read KUBECONFIG now: the client library reads it once, when it is imported.
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
 
 
 def _plain(body: Mapping[str, Any], *parts: str) -> dict[str, Any]:
@@ -83,19 +86,21 @@ def _wake(memo: kopf.Memo, namespace: str, study: str) -> None:
         waker.set()
 
 
+# The wake-up handlers are coroutines on purpose: kopf runs plain functions in worker threads,
+# and an asyncio.Event set from another thread does not wake the daemon waiting on it.
 @kopf.on.event(GROUP, VERSION, TRIALS)
-def trial_changed(namespace: str, spec: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def trial_changed(namespace: str, spec: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
     _wake(memo, namespace, spec.get("study"))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={STUDY_LABEL: kopf.PRESENT})
 @kopf.on.event("", "v1", "pods", labels={STUDY_LABEL: kopf.PRESENT})
-def child_changed(namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
+async def child_changed(namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
     _wake(memo, namespace, labels[STUDY_LABEL])
 
 
 @kopf.on.event(GROUP, VERSION, STUDIES)
-def study_changed(namespace: str, name: str, meta: Mapping[str, Any], status: Mapping[str, Any],
+async def study_changed(namespace: str, name: str, meta: Mapping[str, Any], status: Mapping[str, Any],
                   memo: kopf.Memo, **_: Any) -> None:
     # Our own status writes come back as events too; only a new spec needs an early reconcile.
     if meta.get("generation") != status.get("observedGeneration"):

@@ -158,7 +158,7 @@ class Reconciler:
                     # The trial exists but its Job does not: the operator stopped between the two creates.
                     self.api.create_job(build_job(study, trial, self.config.trial_metrics_port))
                 else:
-                    new = self._trial_status(study, status, job, pods.get(name, ()), scraped.get(name), primary)
+                    new = self._trial_status(study, status, job, pods.get(name, ()), scraped.get(name), primary, now)
                     if new.get("unschedulable"):
                         unschedulable.append((name, new.pop("unschedulable")))
                     if new.get("phase") == "Failed" and new.get("reason") in observe.TERMINAL_WAITING_REASONS:
@@ -176,8 +176,8 @@ class Reconciler:
         failed = [r for r in records if r.name in newly_failed]
         return Observed(records, unschedulable, metrics_error, failed)
 
-    def _trial_status(self, study, status, job, pods, scraped: Optional[TrialMetrics], primary) -> dict[str, Any]:
-        observation = observe.observe_job(job, pods, primary)
+    def _trial_status(self, study, status, job, pods, scraped: Optional[TrialMetrics], primary, now) -> dict[str, Any]:
+        observation = observe.observe_job(job, pods, primary, now)
         new = dict(status)
         job_status = job.get("status") or {}
         new.update({

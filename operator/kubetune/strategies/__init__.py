@@ -5,11 +5,16 @@ from __future__ import annotations
 import zlib
 
 from kubetune.api.models import HyperparameterStudy
+from kubetune.strategies.auto import AutoStrategy
 from kubetune.strategies.base import SettingsError, Strategy
+from kubetune.strategies.bayesian import BayesianStrategy
 from kubetune.strategies.grid import GridStrategy
 from kubetune.strategies.random import RandomStrategy
+from kubetune.strategies.sobol import SobolStrategy
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (RandomStrategy, GridStrategy)}
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (AutoStrategy, BayesianStrategy, GridStrategy, RandomStrategy, SobolStrategy)
+}
 
 
 def study_seed(study: HyperparameterStudy) -> int:
@@ -22,7 +27,7 @@ def study_seed(study: HyperparameterStudy) -> int:
 def make_strategy(study: HyperparameterStudy) -> Strategy:
     spec = study.spec
     cls = STRATEGIES[spec.strategy.name]
-    return cls(spec.parameters, spec.objective, study_seed(study), spec.strategy.settings)
+    return cls(spec.parameters, spec.objective, study_seed(study), spec.strategy.settings, spec.budget)
 
 
 __all__ = ["STRATEGIES", "SettingsError", "Strategy", "make_strategy", "study_seed"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 from typing import Any, ClassVar, Mapping, Optional, Sequence
 
-from kubetune.api.models import Objective, Parameter
+from kubetune.api.models import Budget, Objective, Parameter
 from kubetune.trials import TrialRecord
 
 
@@ -31,6 +31,10 @@ class Strategy(abc.ABC):
     name: ClassVar[str]
     #: Settings this strategy accepts, with a one-line description each (shown in errors).
     settings_help: ClassVar[Mapping[str, str]] = {}
+    #: For strategies that delegate (auto): the strategy doing the work and why it was
+    #: chosen. The engine shows both in status.strategy.
+    chosen: Optional[str] = None
+    reason: Optional[str] = None
 
     def __init__(
         self,
@@ -38,6 +42,7 @@ class Strategy(abc.ABC):
         objective: Objective,
         seed: int,
         settings: Mapping[str, Any],
+        budget: Optional[Budget] = None,
     ) -> None:
         unknown = sorted(set(settings) - set(self.settings_help))
         if unknown:
@@ -47,6 +52,7 @@ class Strategy(abc.ABC):
         self.objective = objective
         self.seed = seed
         self.settings = dict(settings)
+        self.budget = budget or Budget()
 
     def size(self) -> Optional[int]:
         """How many distinct suggestions exist, or None when there is no limit."""

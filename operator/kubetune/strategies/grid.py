@@ -4,7 +4,7 @@ import math
 from typing import Any, Mapping, Optional, Sequence
 
 from kubetune import space
-from kubetune.api.models import Objective, Parameter
+from kubetune.api.models import Budget, Objective, Parameter
 from kubetune.strategies.base import SettingsError, Strategy
 from kubetune.trials import TrialRecord
 
@@ -20,8 +20,8 @@ class GridStrategy(Strategy):
     settings_help = {"resolution": "points per continuous parameter, e.g. 5"}
 
     def __init__(self, parameters: Sequence[Parameter], objective: Objective, seed: int,
-                 settings: Mapping[str, Any]) -> None:
-        super().__init__(parameters, objective, seed, settings)
+                 settings: Mapping[str, Any], budget: Optional[Budget] = None) -> None:
+        super().__init__(parameters, objective, seed, settings, budget)
         resolution = self.settings.get("resolution")
         if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1):
             raise SettingsError("resolution", f"must be a whole number of at least 1, got {resolution!r}")

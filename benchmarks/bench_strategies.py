@@ -1,0 +1,413 @@
+"""Sample efficiency of kubetune's strategies beside Optuna's, Bayesmark-style; and suggestion latency.
+
+For every problem, seed and batch size each contender runs one study of `--budget` trials
+(budget 30 is read off the first 30 trials of the same run: no contender knows the budget).
+The best value so far after each trial is normalised per problem so that the optimum is 0 and
+random search's median first trial is 1 (Bayesmark's normalisation); the optimum of a real
+tuning problem is the best value any contender found. Reported per problem and overall:
+
+  mean normalised regret at 30 and at 100 trials (lower is better; 0 found the optimum)
+  trials to target: median number of trials to reach normalised regret <= 0.05 ("-" never)
+
+With batch size 4, four trials run at once: each study suggests four configurations, the
+later ones seeing the earlier ones as Pending (exactly what the engine passes a strategy),
+then all four are evaluated and reported. Optuna's samplers get the same batches through
+ask/tell. Peers use their defaults.
+
+    make bench-strategies                                      # the full run (about 45 min on 2 cores)
+    python benchmarks/bench_strategies.py --smoke              # seconds: keeps the harness honest
+    python benchmarks/bench_strategies.py --problems branin lr_like --seeds 5 --batches 1
+    python benchmarks/bench_strategies.py --latency-only       # suggestion time at 100 and 1,000 trials
+
+Results: benchmarks/results/strategies.json, strategies.md and strategies-<problem>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from strategy_problems import DEFAULT, PROBLEMS, Problem  # noqa: E402
+
+from kubetune.api.models import Objective, Parameter  # noqa: E402
+from kubetune.strategies import STRATEGIES  # noqa: E402
+from kubetune.trials import TrialRecord  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET = 0.05
+REPORT_AT = (30, 100)
+KUBETUNE = ("bayesian", "random", "grid")
+OPTUNA = ("optuna-tpe", "optuna-gp")
+
+
+def optuna_available() -> bool:
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# -- running one study --------------------------------------------------------------------
+
+
+def run_kubetune(name: str, problem: Problem, seed: int, budget: int, batch: int) -> list[float]:
+    parameters = [Parameter.model_validate(p) for p in problem.parameters]
+    settings = {"resolution": grid_resolution(parameters, budget)} if name == "grid" else {}
+    strategy = STRATEGIES[name](parameters, Objective(metric="loss"), seed, settings)
+    history: list[TrialRecord] = []
+    values: list[float] = []
+    size = strategy.size()
+    while len(values) < budget and (size is None or len(values) < size):
+        pending: list[TrialRecord] = []
+        for _ in range(min(batch, budget - len(values), (size or budget) - len(values))):
+            index = len(history) + len(pending)
+            suggestion = strategy.suggest(index, history + pending)
+            pending.append(TrialRecord(f"t-{index}", index, suggestion, phase="Pending"))
+        for trial in pending:
+            value = problem.function(dict(trial.parameters))
+            values.append(value)
+            history.append(TrialRecord(trial.name, trial.index, trial.parameters, phase="Succeeded", metrics={"loss": value}))
+    return values
+
+
+def grid_resolution(parameters: list[Parameter], budget: int) -> int:
+    """Points per continuous parameter so that the whole grid fits in the budget (at least 2)."""
+    return max(2, int(budget ** (1 / len(parameters)) + 1e-9))
+
+
+def run_optuna(name: str, problem: Problem, seed: int, budget: int, batch: int) -> list[float]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=seed) if name == "optuna-tpe" else optuna.samplers.GPSampler(seed=seed)
+    study = optuna.create_study(sampler=sampler)
+    values: list[float] = []
+    while len(values) < budget:
+        trials = [study.ask() for _ in range(min(batch, budget - len(values)))]
+        for trial in trials:
+            value = problem.function(optuna_suggest(trial, problem.parameters))
+            study.tell(trial, value)
+            values.append(value)
+    return values
+
+
+def optuna_suggest(trial, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    """The same space in Optuna's terms: pow2 as an integer exponent (Optuna has no pow2 scale)."""
+    out: dict[str, Any] = {}
+    for p in parameters:
+        name, scale = p["name"], p.get("scale", "linear")
+        if p["type"] == "categorical":
+            out[name] = trial.suggest_categorical(name, p["values"])
+        elif scale == "pow2":
+            low, high = int(p["min"]).bit_length() - 1, int(p["max"]).bit_length() - 1
+            out[name] = 1 << trial.suggest_int(name + "_log2", low, high)
+        elif p["type"] == "int":
+            out[name] = trial.suggest_int(name, p["min"], p["max"], log=scale == "log", step=int(p.get("step") or 1))
+        else:
+            out[name] = trial.suggest_float(name, p["min"], p["max"], log=scale == "log", step=p.get("step"))
+    return out
+
+
+def one_thread() -> None:
+    """One process per core: torch must not also spread each process over every core."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_one(job: tuple[str, str, int, int, int]) -> dict[str, Any]:
+    contender, problem_name, seed, budget, batch = job
+    problem = PROBLEMS[problem_name]
+    began = time.perf_counter()
+    runner = run_optuna if contender.startswith("optuna") else run_kubetune
+    values = runner(contender, problem, seed, budget, batch)
+    return {"contender": contender, "problem": problem_name, "seed": seed, "batch": batch,
+            "values": values, "seconds": time.perf_counter() - began}
+
+
+# -- scoring ------------------------------------------------------------------------------
+
+
+def report_points(budget: int) -> list[int]:
+    """Where the tables read the curves: 30 and 100 trials, or the whole budget when it is smaller."""
+    return [at for at in REPORT_AT if at <= budget] or [budget]
+
+
+def best_so_far(values: list[float], budget: int) -> list[float]:
+    """The running minimum, padded to the budget when a finite grid ran out early."""
+    curve, best = [], math.inf
+    for v in values:
+        best = min(best, v)
+        curve.append(best)
+    return curve + [best] * (budget - len(curve))
+
+
+def score(runs: list[dict[str, Any]], problems: list[str], budget: int) -> dict[str, Any]:
+    """Normalised regret curves, per (problem, batch, contender), and the summary rows."""
+    curves: dict[str, Any] = {}
+    rows = []
+    for problem_name in problems:
+        problem = PROBLEMS[problem_name]
+        mine = [r for r in runs if r["problem"] == problem_name]
+        optimum = problem.optimum if problem.optimum is not None else min(min(r["values"]) for r in mine)
+        first = [r["values"][0] for r in mine if r["contender"] == "random"]
+        scale = statistics.median(first) - optimum
+        if scale <= 0:
+            scale = 1.0  # random search's first trial was optimal: nothing to normalise by
+        for key in sorted({(r["batch"], r["contender"]) for r in mine}):
+            batch, contender = key
+            per_seed = [[(v - optimum) / scale for v in best_so_far(r["values"], budget)]
+                        for r in mine if (r["batch"], r["contender"]) == key]
+            mean_curve = [statistics.fmean(column) for column in zip(*per_seed)]
+            curves.setdefault(problem_name, {}).setdefault(str(batch), {})[contender] = mean_curve
+            row = {"problem": problem_name, "batch": batch, "contender": contender, "seeds": len(per_seed),
+                   "trials_to_target": trials_to_target(per_seed)}
+            for at in report_points(budget):
+                finals = [curve[at - 1] for curve in per_seed]
+                row[f"regret@{at}"] = statistics.fmean(finals)
+                row[f"stderr@{at}"] = statistics.stdev(finals) / math.sqrt(len(finals)) if len(finals) > 1 else 0.0
+            seconds = [r["seconds"] for r in mine if (r["batch"], r["contender"]) == key]
+            row["seconds_per_study"] = statistics.fmean(seconds)
+            rows.append(row)
+    return {"curves": curves, "rows": rows}
+
+
+def trials_to_target(per_seed: list[list[float]]) -> Optional[float]:
+    """Median over seeds of the first trial at or below the target; a seed that never gets there
+    counts as one past the budget. None when fewer than half the seeds reach it."""
+    needed = [next((i + 1 for i, v in enumerate(curve) if v <= TARGET), math.inf) for curve in per_seed]
+    median = statistics.median(needed)
+    return None if math.isinf(median) else float(median)
+
+
+def verdict(rows: list[dict[str, Any]], budget: int) -> list[str]:
+    """The issue's targets, checked against this run's numbers; says plainly which are missed."""
+    lines = []
+    at = report_points(budget)[0]
+    key = f"regret@{at}"
+    by = {(r["problem"], r["batch"], r["contender"]): r for r in rows}
+    for batch in sorted({r["batch"] for r in rows}):
+        problems = sorted({r["problem"] for r in rows if r["batch"] == batch})
+
+        def mean(contender: str) -> Optional[float]:
+            values = [by[(p, batch, contender)][key] for p in problems if (p, batch, contender) in by]
+            return statistics.fmean(values) if len(values) == len(problems) else None
+
+        ours, tpe, gp = mean("bayesian"), mean("optuna-tpe"), mean("optuna-gp")
+        peers = [v for v in (tpe, gp) if v is not None]
+        if ours is not None and peers:
+            better = min(peers)
+            ratio = ours / better if better > 0 else math.inf
+            lines.append(f"batch {batch}: mean normalised regret at {at} trials: bayesian {ours:.3f}, "
+                         f"better Optuna sampler {better:.3f}: ratio {ratio:.2f} (target <= 0.8) "
+                         f"{'MET' if ratio <= 0.8 else 'MISSED'}")
+        if tpe is not None:
+            worse = []
+            for p in problems:
+                a, b = by.get((p, batch, "bayesian")), by.get((p, batch, "optuna-tpe"))
+                if a and b:
+                    noise = 2 * math.hypot(a[f"stderr@{at}"], b[f"stderr@{at}"])
+                    if a[key] - b[key] > noise:
+                        worse.append(f"{p} ({a[key]:.3f} vs {b[key]:.3f}, 2 s.e. {noise:.3f})")
+            lines.append(f"batch {batch}: problems where bayesian is worse than Optuna TPE by more than noise (2 s.e.): "
+                         + (", ".join(worse) if worse else "none"))
+        lr, rnd = by.get(("lr_like", batch, "bayesian")), by.get(("lr_like", batch, "random"))
+        if lr and rnd:
+            ours_t = lr["trials_to_target"]
+            rnd_t = rnd["trials_to_target"]
+            ours_text = f"{ours_t:g}" if ours_t is not None else f"not within {budget}"
+            rnd_text = f"{rnd_t:g}" if rnd_t is not None else f"not within {budget}"
+            met = ours_t is not None and (rnd_t is None or ours_t <= rnd_t / 3)
+            lines.append(f"batch {batch}: lr_like trials to target: bayesian {ours_text}, random {rnd_text} "
+                         f"(target: a third of random's) {'MET' if met else 'MISSED' if rnd_t is not None else 'random never reached it'}")
+    return lines
+
+
+# -- latency ------------------------------------------------------------------------------
+
+
+def latency(observations: int, repeats: int, contenders: list[str]) -> list[dict[str, Any]]:
+    """Median seconds for one suggestion given `observations` finished trials, d=5."""
+    import random as stdlib_random
+
+    problem_space = [{"name": f"x{i}", "type": "float", "min": 0.0, "max": 1.0} for i in range(5)]
+    rng = stdlib_random.Random(0)
+    points = [{f"x{i}": rng.random() for i in range(5)} for _ in range(observations)]
+    values = [sum((v - 0.3) ** 2 for v in p.values()) + 0.01 * rng.random() for p in points]
+    rows = []
+    for contender in contenders:
+        times = []
+        if contender.startswith("optuna"):
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            distributions = {f"x{i}": optuna.distributions.FloatDistribution(0.0, 1.0) for i in range(5)}
+            for repeat in range(repeats):
+                sampler = optuna.samplers.TPESampler(seed=repeat) if contender == "optuna-tpe" else optuna.samplers.GPSampler(seed=repeat)
+                study = optuna.create_study(sampler=sampler)
+                study.add_trials([optuna.trial.create_trial(params=p, distributions=distributions, value=v)
+                                  for p, v in zip(points, values)])
+                began = time.perf_counter()
+                trial = study.ask()
+                for name in distributions:
+                    trial.suggest_float(name, 0.0, 1.0)
+                times.append(time.perf_counter() - began)
+        else:
+            parameters = [Parameter.model_validate(p) for p in problem_space]
+            strategy = STRATEGIES[contender](parameters, Objective(metric="loss"), 0, {})
+            history = [TrialRecord(f"t-{i}", i, p, phase="Succeeded", metrics={"loss": v})
+                       for i, (p, v) in enumerate(zip(points, values))]
+            strategy.suggest(observations, history)  # first call pays for importing torch
+            for repeat in range(repeats):
+                began = time.perf_counter()
+                strategy.suggest(observations + repeat, history)
+                times.append(time.perf_counter() - began)
+        rows.append({"contender": contender, "observations": observations, "median_ms": statistics.median(times) * 1000})
+    return rows
+
+
+# -- output -------------------------------------------------------------------------------
+
+
+def markdown(scored: dict[str, Any], budget: int, latency_rows: list[dict[str, Any]], verdict_lines: list[str],
+             settings: dict[str, Any]) -> str:
+    out = [f"Seeds: {settings['seeds']}; budget {budget}; batch sizes {settings['batches']}; "
+           f"normalised regret: optimum 0, random search's median first trial 1 (mean over seeds; lower is better); "
+           f"trials to target: median trials to normalised regret <= {TARGET} ('-': not reached by half the seeds).", ""]
+    rows = scored["rows"]
+    if rows:
+        ats = report_points(budget)
+        header = ["problem", "batch", "contender"] + [f"regret@{at}" for at in ats] + ["trials to target", "s/study"]
+        out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in rows:
+            cells = [r["problem"], str(r["batch"]), r["contender"]]
+            cells += [f"{r[f'regret@{at}']:.3f} ± {r[f'stderr@{at}']:.3f}" for at in ats]
+            cells += ["-" if r["trials_to_target"] is None else f"{r['trials_to_target']:g}", f"{r['seconds_per_study']:.1f}"]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+        out += mean_table(rows, ats)
+    if latency_rows:
+        out += ["", "Suggestion latency, d=5, median (this machine, one process):", "",
+                "| contender | observations | median ms |", "|---|---|---|"]
+        out += [f"| {r['contender']} | {r['observations']} | {r['median_ms']:.1f} |" for r in latency_rows]
+    if verdict_lines:
+        out += ["", "Targets:", ""] + [f"- {line}" for line in verdict_lines]
+    return "\n".join(out) + "\n"
+
+
+def mean_table(rows: list[dict[str, Any]], ats: list[int]) -> list[str]:
+    """Mean normalised regret over all problems, per batch size and contender."""
+    out = ["| batch | contender | problems | " + " | ".join(f"mean regret@{at}" for at in ats) + " |",
+           "|" + "---|" * (3 + len(ats))]
+    for batch in sorted({r["batch"] for r in rows}):
+        for contender in sorted({r["contender"] for r in rows if r["batch"] == batch}):
+            mine = [r for r in rows if r["batch"] == batch and r["contender"] == contender]
+            cells = [f"{statistics.fmean(r[f'regret@{at}'] for r in mine):.3f}" for at in ats]
+            out.append(f"| {batch} | {contender} | {len(mine)} | " + " | ".join(cells) + " |")
+    return out
+
+
+def plot(scored: dict[str, Any], results: Path) -> list[str]:
+    """One PNG per problem: mean normalised regret against trials, a panel per batch size."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    for problem_name, by_batch in scored["curves"].items():
+        figure, axes = plt.subplots(1, len(by_batch), figsize=(5 * len(by_batch), 3.6), squeeze=False)
+        for axis, (batch, contenders) in zip(axes[0], sorted(by_batch.items())):
+            for contender, curve in sorted(contenders.items()):
+                axis.plot(range(1, len(curve) + 1), [max(v, 1e-6) for v in curve], label=contender)
+            axis.set_yscale("log")
+            axis.set_title(f"{problem_name}, batch {batch}")
+            axis.set_xlabel("trials")
+            axis.set_ylabel("mean normalised regret")
+            axis.grid(True, alpha=0.3)
+        axes[0][-1].legend(fontsize=8)
+        figure.tight_layout()
+        path = results / f"strategies-{problem_name}.png"
+        figure.savefig(path, dpi=90)
+        plt.close(figure)
+        written.append(path.name)
+    return written
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problems", nargs="+", default=DEFAULT, choices=sorted(PROBLEMS))
+    parser.add_argument("--contenders", nargs="+", default=list(KUBETUNE + OPTUNA), choices=list(KUBETUNE + OPTUNA + ("sobol",)))
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--budget", type=int, default=100)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--latency-repeats", type=int, default=5, help="0 skips the latency measurement")
+    parser.add_argument("--latency-only", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny budgets: checks the harness, says nothing about quality")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.problems, args.seeds, args.budget, args.batches, args.latency_repeats = ["branin", "lr_like"], 2, 8, [1, 2], 0
+        args.contenders = ["bayesian", "random", "grid"] + (["optuna-tpe"] if optuna_available() else [])
+        args.workers = 1
+    contenders = [c for c in args.contenders if not c.startswith("optuna") or optuna_available()]
+    if len(contenders) < len(args.contenders):
+        print("optuna is not installed (pip install -e '.[bench]'): running without the Optuna peers", file=sys.stderr)
+    if "random" not in contenders:
+        contenders.append("random")  # the normalisation needs it
+
+    runs: list[dict[str, Any]] = []
+    if not args.latency_only:
+        # Grid search only where it is a sensible choice: a grid over more than three parameters
+        # spends a 100-trial budget on two values of each.
+        jobs = [(c, p, seed, args.budget, batch) for p in args.problems for batch in args.batches
+                for seed in range(args.seeds) for c in contenders
+                if c != "grid" or len(PROBLEMS[p].parameters) <= 3]
+        # Slow contenders first, so the pool does not end waiting for one long job.
+        jobs.sort(key=lambda job: (job[0] != "optuna-gp", job[0] != "bayesian"))
+        began = time.perf_counter()
+        if args.workers > 1:
+            with ProcessPoolExecutor(args.workers, initializer=one_thread) as pool:
+                runs = list(pool.map(run_one, jobs, chunksize=1))
+        else:
+            runs = [run_one(job) for job in jobs]
+        print(f"{len(jobs)} studies in {time.perf_counter() - began:.0f} s", file=sys.stderr)
+    scored = score(runs, args.problems, args.budget) if runs else {"curves": {}, "rows": []}
+    latency_rows: list[dict[str, Any]] = []
+    if args.latency_repeats:
+        lat_contenders = ["bayesian"] + [c for c in OPTUNA if optuna_available()]
+        for observations in (100, 1000):
+            latency_rows += latency(observations, args.latency_repeats, lat_contenders)
+    verdict_lines = verdict(scored["rows"], args.budget) if scored["rows"] else []
+    settings = {"seeds": args.seeds, "budget": args.budget, "batches": args.batches, "problems": args.problems,
+                "contenders": contenders, "target": TARGET}
+    text = markdown(scored, args.budget, latency_rows, verdict_lines, settings)
+    print(text)
+    args.results.mkdir(parents=True, exist_ok=True)
+    plots = plot(scored, args.results)
+    (args.results / "strategies.md").write_text(text)
+    (args.results / "strategies.json").write_text(json.dumps({
+        "benchmark": "strategies", "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "settings": settings, "rows": scored["rows"], "curves": scored["curves"], "latency": latency_rows,
+        "targets": verdict_lines, "plots": plots,
+        "runs": [{k: r[k] for k in ("contender", "problem", "seed", "batch", "values")} for r in runs],
+    }, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

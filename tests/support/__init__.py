@@ -1,0 +1,1 @@
+"""Test support code shared by kubetune's integration tests (see README.md here)."""
