@@ -336,3 +336,74 @@ def test_kubectl_apply_of_the_example_runs_it(cluster, operator):
     assert args[0].startswith("--lr=") and "--epochs=8" in args
     listed = cluster.kubectl("get", "hps", "-n", NS, "-o", "json")
     assert json.loads(listed.stdout)["items"][0]["status"]["phase"] == "Running"
+
+
+def test_editing_the_search_space_of_a_running_study_is_refused_with_a_condition(cluster, operator):
+    operator()
+    cluster.create(study(budget={"maxTrials": 5, "parallelTrials": 1}))
+    wait_for(lambda: jobs(cluster).get("quad-0000"), what="the first Job")
+    # A real API server rejects this with the CEL transition rule; the emulator runs no CEL.
+    cluster.patch(STUDIES, NS, "quad", {"spec": {"parameters": [{"name": "x", "type": "float", "min": 0.0, "max": 9.0}]}})
+    wait_for(lambda: (condition(get_study(cluster), "Ready") or {}).get("reason") == "ImmutableFieldChanged",
+             what="Ready=False ImmutableFieldChanged")
+    assert "create a new study" in condition(get_study(cluster), "Ready")["message"]
+    succeed(cluster, jobs(cluster)["quad-0000"], {"loss": 0.5})
+    assert set(jobs(cluster)) == {"quad-0000"}  # nothing new starts on the changed space
+    # Restoring the original space loses nothing: the result that came in meanwhile is recorded.
+    cluster.patch(STUDIES, NS, "quad", {"spec": {"parameters": study()["spec"]["parameters"]}})
+    wait_for(lambda: jobs(cluster).get("quad-0001"), what="the study to continue")
+    assert trials(cluster)["quad-0000"]["status"]["metrics"]["loss"] == 0.5
+    wait_for(lambda: condition(get_study(cluster), "Ready")["status"] == "True", what="Ready=True again")
+
+
+def test_events_and_metrics_report_what_happened(cluster, operator):
+    from prometheus_client import REGISTRY
+
+    operator()
+    cluster.create(study(budget={"maxTrials": 2, "parallelTrials": 2}))
+    finish_all(cluster, max_parallel=2, total=2)
+    wait_for(phase_is(cluster, "Succeeded"), what="study Succeeded")
+    reasons = wait_for(lambda: {e["reason"] for e in cluster.list("v1/events", NS)} >= {"MaxTrialsReached", "NewBestTrial"}
+                       and [e["reason"] for e in cluster.list("v1/events", NS)], what="events")
+    assert len(reasons) <= 6, reasons  # transitions only, not one event per reconcile
+    labels = {"namespace": NS, "study": "quad"}
+    assert REGISTRY.get_sample_value("kubetune_trials", {**labels, "phase": "succeeded"}) == 2
+    best = get_study(cluster)["status"]["bestTrial"]["objective"]
+    assert REGISTRY.get_sample_value("kubetune_study_best_objective", labels) == best
+    assert REGISTRY.get_sample_value("kubetune_reconcile_duration_seconds_count") > 0
+    assert REGISTRY.get_sample_value("kubetune_suggestion_duration_seconds_count") > 0
+
+
+def test_the_operator_command_serves_health_and_metrics_and_runs_studies(cluster):
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    from kubetune.local.executor import free_port
+
+    cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    metrics_port, health_port = free_port(), free_port()
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kubetune.operator", "--namespace", NS,
+         "--metrics-port", str(metrics_port), "--health-port", str(health_port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def fetch(port: int, path: str) -> Optional[str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+                return response.read().decode()
+        except OSError:
+            return None
+
+    try:
+        wait_for(lambda: fetch(health_port, "/healthz") is not None, timeout=60, what="the liveness endpoint")
+        cluster.create(study(budget={"maxTrials": 1}))
+        wait_for(lambda: jobs(cluster).get("quad-0000"), timeout=30, what="the operator process to create a Job")
+        wait_for(lambda: 'kubetune_trials{namespace="ml",phase="pending",study="quad"} 1.0' in (fetch(metrics_port, "/metrics") or ""),
+                 timeout=30, what="operator metrics")
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    assert "Traceback" not in stderr, stderr[-3000:]
