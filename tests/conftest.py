@@ -10,6 +10,9 @@ import yaml
 
 from kubetune.api.models import HyperparameterStudy
 
+# Fixtures: `cluster` (an emulated API server) and `prometheus` (a real Prometheus server).
+pytest_plugins = ["support.emulator", "support.prometheus"]
+
 ROOT = Path(__file__).resolve().parent.parent
 QUADRATIC = str(ROOT / "tests" / "trials" / "quadratic.py")
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from support.emulator import ApiError, EmulatedCluster, KopfThread, cluster, wait_for  # noqa: F401
+from support.emulator import ApiError, EmulatedCluster, KopfThread, wait_for  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = "kubetune.io/v1alpha1/hyperparameterstudies"

@@ -8,16 +8,15 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from kubetune.api.validation import load_study_file
 from kubetune.local.executor import LocalSetupError
 from kubetune.local.runner import Progress, run_study
 
+from support.waiting import wait_for
 from conftest import QUADRATIC, study_manifest, write_manifest
 
 
@@ -35,14 +34,6 @@ def condition(status, type_):
     return next(c for c in status.conditions if c.type == type_)
 
 
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_study_runs_to_completion_and_records_everything(quadratic_study, tmp_path):
@@ -168,7 +159,7 @@ def test_interrupted_run_keeps_finished_trials_and_resumes(quadratic_study, tmp_
         return [n for n, d in trial_docs(output).items() if d.get("status", {}).get("phase") == "Succeeded"]
 
     try:
-        wait_for(lambda: len(succeeded()) >= 2, what="two finished trials")
+        wait_for(lambda: len(succeeded()) >= 2, timeout=60, what="two finished trials")
     finally:
         runner.send_signal(signal.SIGINT)
         _, stderr = runner.communicate(timeout=60)

@@ -20,7 +20,8 @@ from kubetune.operator.reconcile import OperatorConfig
 from kubetune.strategies import make_strategy
 
 from conftest import ROOT, make_study, study_manifest
-from support.emulator import KopfThread, cluster, wait_for  # noqa: F401 - cluster is a fixture
+from support.emulator import KopfThread
+from support.waiting import wait_for
 
 NS = "ml"
 STUDIES = "kubetune.io/v1alpha1/hyperparameterstudies"

@@ -6,14 +6,13 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from kubetune.cluster.prometheus import PrometheusReader, PrometheusUnavailable
 from kubetune.local.executor import free_port
 
-from support.prometheus import prometheus  # noqa: F401 - fixture
+from support.waiting import wait_for
 
 TRIAL = textwrap.dedent("""
     import sys
@@ -36,14 +35,6 @@ def start_trial(name: str, x: float, port: int, namespace: str = "ml") -> subpro
     return child
 
 
-def wait_for(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_reader_returns_what_the_trials_reported_also_after_they_ended(prometheus):
@@ -57,7 +48,7 @@ def test_reader_returns_what_the_trials_reported_also_after_they_ended(prometheu
         found = reader.study_metrics("ml", "quad", 600)
         return found if all(found.get(t) and found[t].step == 3 for t in ("quad-0000", "quad-0001")) else None
 
-    found = wait_for(both_seen, what="both trials' final step in Prometheus")
+    found = wait_for(both_seen, timeout=30, what="both trials' final step in Prometheus")
     assert set(found) == {"quad-0000", "quad-0001"}
     assert found["quad-0000"].metrics == {"loss": pytest.approx(0.5 / 3), "val_accuracy": pytest.approx(1 - 0.5 / 30)}
     assert found["quad-0001"].metrics == {"loss": pytest.approx(2.0 / 3), "val_accuracy": pytest.approx(1 - 2.0 / 30)}
@@ -66,7 +57,7 @@ def test_reader_returns_what_the_trials_reported_also_after_they_ended(prometheu
     for child in trials:
         child.communicate("done\n", timeout=30)
     wait_for(lambda: len([r for r in prometheus.query("up") if r["value"][1] == "0"]) == 3,
-             what="Prometheus to see the trials gone")
+             timeout=30, what="Prometheus to see the trials gone")
     assert prometheus.query('kubetune_trial_metric{study="quad"}') == []  # stale: a plain query finds nothing
     after = reader.study_metrics("ml", "quad", 600)
     assert after["quad-0000"].metrics["loss"] == pytest.approx(0.5 / 3)

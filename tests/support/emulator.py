@@ -77,7 +77,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import types
 import uuid
 import warnings
@@ -96,6 +95,8 @@ import pytest
 import requests
 import yaml
 from kmock._internal.rendering import StreamingError  # needed to mirror RawHandler.__call__
+
+from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATHS = tuple(sorted((ROOT / "crds").glob("*.yaml")))
@@ -1178,17 +1179,3 @@ class KopfThread:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-def wait_for(predicate: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02,
-             what: str | None = None) -> T:
-    """Poll ``predicate`` until it returns something truthy and return that; fail on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate!r}"
-                                 f" (last value: {result!r})")
-        time.sleep(interval)
