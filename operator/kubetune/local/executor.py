@@ -35,6 +35,7 @@ from kubetune.trial import ENV_METRICS_ADDR, ENV_TERMINATION_PATH, METRIC_NAME, 
 from kubetune.trials import Report, TrialRecord
 
 GPU_RESOURCE = "nvidia.com/gpu"
+WAKEUP = object()  # selector key data of the runner's wake-up fd
 OUTPUT_TAIL_LINES = 8
 
 
@@ -149,6 +150,7 @@ class LocalExecutor:
         self.histories: dict[str, list[Report]] = {}
         self.running: dict[str, Running] = {}
         self.selector = selectors.DefaultSelector()
+        self.pidfds = hasattr(os, "pidfd_open")
         threads = max(1, (os.cpu_count() or 1) // study.spec.budget.parallel_trials)
         self.default_threads = str(threads)
 
@@ -217,15 +219,25 @@ class LocalExecutor:
 
     # -- observing ----------------------------------------------------------------------
 
+    def wake_on(self, fd: int) -> None:
+        """Also return from wait() when `fd` becomes readable (the runner's signal pipe)."""
+        self.selector.register(fd, selectors.EVENT_READ, WAKEUP)
+
     def wait(self, timeout: float) -> None:
-        """Block until a trial process exits or `timeout` passes (whichever is first)."""
+        """Block until a trial process exits, `timeout` passes or a wake-up fd is written."""
         if not self.running:
             return
         deadline = min(timeout, self._next_scrape_in(), self._next_deadline_in())
-        if self.selector.get_map():
-            self.selector.select(max(0.0, deadline))
-        else:
-            time.sleep(max(0.0, min(deadline, 0.05)))
+        if self.pidfds:
+            events = self.selector.select(max(0.0, deadline))
+        else:  # no pidfd here: poll for exits at a short interval instead
+            events = self.selector.select(max(0.0, min(deadline, 0.05)))
+        for key, _ in events:
+            if key.data is WAKEUP:
+                try:
+                    os.read(key.fd, 512)
+                except BlockingIOError:
+                    pass
 
     def poll(self) -> None:
         """Reap exited trials, enforce timeouts, scrape metrics, start trials waiting for GPUs."""
@@ -343,8 +355,9 @@ class LocalExecutor:
         self.running[name] = run
         try:
             self.selector.register(os.pidfd_open(process.pid), selectors.EVENT_READ, name)
+            self.pidfds = True
         except (AttributeError, OSError):
-            pass  # no pidfd (old kernel or not Linux): wait() falls back to short sleeps
+            self.pidfds = False  # old kernel or not Linux: wait() polls instead
         self._set_status(name, phase="Running", attempts=attempts, start_time=timestamp(now()),
                          reason=None, message=None, completion_time=None)
         self.on_event("started", record_of(self.trials[name]))
@@ -402,7 +415,7 @@ class LocalExecutor:
         self.free_gpus.extend(run.gpus)
         run.log.close()
         for key in list(self.selector.get_map().values()):
-            if key.data == name:
+            if key.data is not WAKEUP and key.data == name:
                 self.selector.unregister(key.fileobj)
                 os.close(key.fd)
 

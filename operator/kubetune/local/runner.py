@@ -7,6 +7,7 @@ the output folder, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import sys
@@ -136,42 +137,37 @@ def run_study(
     elif not executor.gpu_need and executor.free_gpus:
         progress.say(f"kubetune: the trial template requests no {GPU_RESOURCE}, so trials get no GPU (as in a cluster)")
     status = store.read_status()
-    interrupted = False
     summary_written = time.monotonic()
-    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        while True:
-            executor.poll()
-            result = plan(study, executor.records(), now(), previous=status)
-            status = result.status
-            for action in result.stops():
-                executor.stop(action)
-            for action in result.creates():
-                executor.create(action)
-            if result.actions:
-                continue  # re-plan at once: the status must count what was just started or stopped
-            store.write_status(status)
-            if time.monotonic() - summary_written > SUMMARY_INTERVAL:
-                store.write_summary(executor.records())
-                summary_written = time.monotonic()
-            progress.update(status)
-            if result.finished or (status.phase == "Suspended" and executor.active == 0):
-                break
-            executor.wait(timeout=1.0)
-    except KeyboardInterrupt:
-        interrupted = True
-        progress.say("kubetune: interrupted; stopping running trials (finished results are kept)")
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not tear the shutdown
-        executor.stop_all("Interrupted", "the runner was interrupted; the trial's parameters run again on resume")
-        status = interrupted_status(plan(study, executor.records(), now(), previous=status).status)
-        store.write_status(status)
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-        if interrupted:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        store.write_summary(executor.records())
-        progress.close()
-    return RunResult(status, output, interrupted)
+    with StopSignals() as stop:
+        executor.wake_on(stop.fd)
+        try:
+            while not stop.requested:
+                executor.poll()
+                result = plan(study, executor.records(), now(), previous=status)
+                status = result.status
+                for action in result.stops():
+                    executor.stop(action)
+                for action in result.creates():
+                    executor.create(action)
+                if result.actions:
+                    continue  # re-plan at once: the status must count what was just started or stopped
+                store.write_status(status)
+                if time.monotonic() - summary_written > SUMMARY_INTERVAL:
+                    store.write_summary(executor.records())
+                    summary_written = time.monotonic()
+                progress.update(status)
+                if result.finished or (status.phase == "Suspended" and executor.active == 0):
+                    break
+                executor.wait(timeout=1.0)
+            if stop.requested:
+                progress.say("kubetune: interrupted; stopping running trials (finished results are kept)")
+                executor.stop_all("Interrupted", "the runner was interrupted; the trial's parameters run again on resume")
+                status = interrupted_status(plan(study, executor.records(), now(), previous=status).status)
+                store.write_status(status)
+        finally:
+            store.write_summary(executor.records())
+            progress.close()
+    return RunResult(status, output, stop.requested)
 
 
 def interrupted_status(status: StudyStatus) -> StudyStatus:
@@ -186,8 +182,36 @@ def interrupted_status(status: StudyStatus) -> StudyStatus:
     return status
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+class StopSignals:
+    """Ctrl-C and SIGTERM ask the loop to stop at its next safe point.
+
+    The handler only sets a flag and, through the wakeup fd, wakes the loop's select(). Raising
+    KeyboardInterrupt instead could land anywhere, even in an at-fork hook while a trial starts,
+    where Python swallows it and the interrupt is lost.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.fd, self._write_fd = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._write_fd, False)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def __enter__(self) -> "StopSignals":
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        self._previous_fd = signal.set_wakeup_fd(self._write_fd)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        signal.set_wakeup_fd(self._previous_fd)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        os.close(self.fd)
+        os.close(self._write_fd)
 
 
 def summary(study: HyperparameterStudy, result: RunResult) -> str:

@@ -9,7 +9,9 @@ kopf indexes fed by watches: a reconcile reads memory, never LISTs the API.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
+import functools
 import logging
 import os
 from datetime import datetime, timezone
@@ -22,14 +24,15 @@ from kubetune.api.models import GROUP, VERSION
 from kubetune.cluster.builders import STUDY_LABEL, TRIAL_LABEL
 from kubetune.cluster.kube import STUDIES, TRIALS, KubeApi
 from kubetune.operator import metrics
-from kubetune.operator.reconcile import OperatorConfig, Reconciler
+from kubetune.operator.reconcile import OperatorConfig, Reconciler, StudyMemory
 
 # After an error, the next attempt waits this long (the API server may be restarting).
 ERROR_BACKOFF_SECONDS = 5.0
+RECONCILE_THREADS = 16
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     # kopf's bookkeeping goes to annotations under our prefix: .status is a typed contract
     # that only the reconciler writes.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -38,14 +41,17 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     settings.posting.level = logging.WARNING
     # One replica (the chart's Deployment uses the Recreate strategy), so no peering CRD is needed.
     settings.peering.standalone = True
-    # Reconciles run in threads (strategy fits and API calls); allow several studies at once.
-    settings.execution.max_workers = 16
+    # kopf's own pool, for its synchronous handlers (the indexers).
+    settings.execution.max_workers = 4
     # Reconnect watches regularly so a silently broken connection cannot stall a study for long.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     config: OperatorConfig = getattr(memo, "config", None) or OperatorConfig()
     memo.config = config
     memo.wakers = {}
+    # Reconciles run in threads of their own (strategy fits and API calls): asyncio's default
+    # pool has only CPUs + 4 threads, which would queue studies behind each other.
+    memo.reconcile_pool = concurrent.futures.ThreadPoolExecutor(RECONCILE_THREADS, thread_name_prefix="reconcile")
     _load_kube_config()
     memo.reconciler = Reconciler(KubeApi(), config)
     logger.info("kubetune operator: prometheus=%s resync=%ss", config.prometheus_url or "(none)", config.resync_seconds)
@@ -107,6 +113,11 @@ async def study_changed(namespace: str, name: str, meta: Mapping[str, Any], stat
         _wake(memo, namespace, name)
 
 
+@kopf.on.cleanup()
+async def shut_down(memo: kopf.Memo, **_: Any) -> None:
+    memo.reconcile_pool.shutdown(wait=False, cancel_futures=True)
+
+
 @kopf.on.delete(GROUP, VERSION, STUDIES, optional=True)
 def study_deleted(namespace: str, name: str, **_: Any) -> None:
     # Trials, Jobs and Pods go with the study through owner references; only our series remain.
@@ -128,6 +139,8 @@ async def study_daemon(
 ) -> None:
     key = (namespace, name)
     waker = memo.wakers.setdefault(key, asyncio.Event())
+    memory = StudyMemory()
+    loop = asyncio.get_running_loop()
     try:
         while not stopped:
             waker.clear()
@@ -140,8 +153,8 @@ async def study_daemon(
                         **_plain(body, "metadata", "spec", "status")}
             wait = memo.config.resync_seconds
             try:
-                outcome = await asyncio.to_thread(
-                    memo.reconciler.reconcile, snapshot, trials, jobs, pods, datetime.now(timezone.utc))
+                outcome = await loop.run_in_executor(memo.reconcile_pool, functools.partial(
+                    memo.reconciler.reconcile, snapshot, trials, jobs, pods, datetime.now(timezone.utc), memory))
             except Exception:  # noqa: BLE001 - a study's error must not end its daemon
                 logger.exception("reconcile of study %s/%s failed; retrying in %ss", namespace, name, ERROR_BACKOFF_SECONDS)
                 metrics.RECONCILE_ERRORS.labels(namespace, name).inc()

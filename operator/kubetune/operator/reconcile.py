@@ -50,6 +50,44 @@ class Outcome:
 
 
 @dataclass
+class StudyMemory:
+    """What this operator wrote for one study that its watches may not have shown yet.
+
+    Every write comes back as a watch event, but a reconcile woken by one write (a trial's
+    status) can run before the event of another (the study's status) arrives. Without this
+    memory it would act on the older state: write the same status again, post the same event
+    twice, create a trial or Job that exists. Entries are keyed by the resourceVersion they
+    were written over and stop applying as soon as the watches show a newer version.
+    """
+
+    study: tuple[Optional[str], Optional[dict]] = (None, None)  # (resourceVersion, status written)
+    trials: dict[str, tuple[Optional[str], dict]] = field(default_factory=dict)
+    created_trials: dict[str, dict] = field(default_factory=dict)
+    created_jobs: set[str] = field(default_factory=set)
+
+    def study_status(self, body: Mapping[str, Any]) -> Optional[dict]:
+        version, status = self.study
+        if status is not None and body["metadata"].get("resourceVersion") == version:
+            return status
+        return body.get("status")
+
+    def trial_status(self, trial: Mapping[str, Any]) -> dict:
+        name = trial["metadata"]["name"]
+        version, status = self.trials.get(name, (None, None))
+        if status is not None and trial["metadata"].get("resourceVersion") == version:
+            return dict(status)
+        self.trials.pop(name, None)
+        return dict(trial.get("status") or {})
+
+    def with_created(self, trials: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """The indexed trials plus those created here that the index does not show yet."""
+        seen = {t["metadata"]["name"] for t in trials}
+        for name in [n for n in self.created_trials if n in seen]:
+            del self.created_trials[name]
+        return list(trials) + list(self.created_trials.values())
+
+
+@dataclass
 class Observed:
     """What one look at a study's trials found."""
 
@@ -89,8 +127,13 @@ class Reconciler:
         jobs: Mapping[str, Mapping[str, Any]],
         pods: Mapping[str, Sequence[Mapping[str, Any]]],
         now: datetime,
+        memory: Optional[StudyMemory] = None,
     ) -> Outcome:
         began = time.perf_counter()
+        memory = memory or StudyMemory()
+        body = {**body, "status": memory.study_status(body)}
+        trials = memory.with_created(trials)
+        memory.created_jobs.difference_update(jobs)  # the index shows them now
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         generation = meta.get("generation")
@@ -99,7 +142,7 @@ class Reconciler:
         try:
             study = parse_study(manifest)
         except StudyInvalid as exc:
-            return self._invalid(body, previous, "InvalidSpec", exc.summary(), now)
+            return self._invalid(body, previous, memory, "InvalidSpec", exc.summary(), now)
         study.metadata.namespace = namespace
         digest = search_space_digest(study)
         recorded = (meta.get("annotations") or {}).get(SEARCH_SPACE_ANNOTATION)
@@ -107,11 +150,11 @@ class Reconciler:
             self.api.annotate_study(namespace, name, {SEARCH_SPACE_ANNOTATION: digest})
         elif recorded != digest:
             return self._invalid(
-                body, previous, "ImmutableFieldChanged",
+                body, previous, memory, "ImmutableFieldChanged",
                 "spec.parameters or spec.objective changed after the study started; its trials would no longer be "
                 "comparable. Restore the original values, or create a new study for the new search space.", now)
 
-        observed = self._observe(study, trials, jobs, pods, now)
+        observed = self._observe(study, trials, jobs, pods, now, memory)
         status_plan: Optional[Plan] = None
         records = observed.records
         for _ in range(MAX_PLAN_ROUNDS):
@@ -120,12 +163,13 @@ class Reconciler:
             metrics.SUGGESTION_SECONDS.observe(time.perf_counter() - planned_at)
             if not status_plan.actions:
                 break
-            records = self._apply(study, body, status_plan, records, now)
+            records = self._apply(study, body, status_plan, records, now, memory)
         status = status_plan.status
         status.conditions += self._extra_conditions(previous, observed, generation, now)
         wire = status.to_wire()
         if wire != body.get("status"):
             self.api.patch_study_status(namespace, name, wire)
+            memory.study = (meta.get("resourceVersion"), wire)
         counts = status.trials.model_dump()
         best = status.best_trial.objective if status.best_trial else None
         metrics.record_study(namespace, name, status.phase, counts, best)
@@ -134,7 +178,7 @@ class Reconciler:
 
     # -- observing ---------------------------------------------------------------------
 
-    def _observe(self, study, trials, jobs, pods, now) -> Observed:
+    def _observe(self, study, trials, jobs, pods, now, memory: StudyMemory) -> Observed:
         namespace = study.metadata.namespace
         primary = study.spec.trial_template.primary_container.name
         active = [t for t in trials if (t.get("status") or {}).get("phase", "Pending") not in TERMINAL_TRIAL_PHASES]
@@ -151,12 +195,14 @@ class Reconciler:
         records, unschedulable, newly_failed = [], [], []
         for trial in sorted(trials, key=lambda t: t["spec"]["index"]):
             name = trial["metadata"]["name"]
-            status = dict(trial.get("status") or {})
+            status = memory.trial_status(trial)
             if status.get("phase", "Pending") not in TERMINAL_TRIAL_PHASES:
                 job = jobs.get(name)
                 if job is None:
-                    # The trial exists but its Job does not: the operator stopped between the two creates.
-                    self.api.create_job(build_job(study, trial, self.config.trial_metrics_port))
+                    if name not in memory.created_jobs:
+                        # The trial exists but its Job does not: the operator stopped between the two creates.
+                        self.api.create_job(build_job(study, trial, self.config.trial_metrics_port))
+                        memory.created_jobs.add(name)
                 else:
                     new = self._trial_status(study, status, job, pods.get(name, ()), scraped.get(name), primary, now)
                     if new.get("unschedulable"):
@@ -165,6 +211,7 @@ class Reconciler:
                         self.api.delete_job(namespace, name)  # it would wait for the image forever
                     if new != status:
                         self.api.patch_trial_status(namespace, name, new)
+                        memory.trials[name] = (trial["metadata"].get("resourceVersion"), new)
                         if new.get("phase") == "Failed":
                             newly_failed.append(name)
                     status = new
@@ -215,28 +262,34 @@ class Reconciler:
 
     # -- acting ------------------------------------------------------------------------
 
-    def _apply(self, study, body, result: Plan, records: list[TrialRecord], now) -> list[TrialRecord]:
+    def _apply(self, study, body, result: Plan, records: list[TrialRecord], now, memory: StudyMemory) -> list[TrialRecord]:
         namespace = study.metadata.namespace
         by_name = {r.name: r for r in records}
         for stop in result.stops():
             self.api.delete_job(namespace, stop.name)
-            self.api.patch_trial_status(namespace, stop.name, {
-                "phase": stop.phase, "reason": stop.reason, "message": stop.message,
-                "completionTime": timestamp(now)})
+            stopped = {"phase": stop.phase, "reason": stop.reason, "message": stop.message,
+                       "completionTime": timestamp(now)}
+            self.api.patch_trial_status(namespace, stop.name, stopped)
+            version = memory.trials.get(stop.name, (None, None))[0]
+            memory.trials[stop.name] = (version, stopped)
             by_name[stop.name] = replace(by_name[stop.name], phase=stop.phase, reason=stop.reason, message=stop.message)
         for create in result.creates():
             created = self.api.create_trial(build_trial(study, body, create.name, create.index,
                                                         create.parameters, create.rerun_of))
+            memory.created_trials[create.name] = created
             self.api.create_job(build_job(study, created, self.config.trial_metrics_port))
+            memory.created_jobs.add(create.name)
             by_name[create.name] = TrialRecord(create.name, create.index, create.parameters, rerun_of=create.rerun_of)
         return sorted(by_name.values(), key=lambda r: r.index)
 
-    def _invalid(self, body, previous, reason: str, message: str, now) -> Outcome:
+    def _invalid(self, body, previous, memory: StudyMemory, reason: str, message: str, now) -> Outcome:
         meta = body["metadata"]
         status = invalid_status(previous, message, meta.get("generation"), now)
         status.conditions[0].reason = reason
-        if status.to_wire() != body.get("status"):
-            self.api.patch_study_status(meta["namespace"], meta["name"], status.to_wire())
+        wire = status.to_wire()
+        if wire != body.get("status"):
+            self.api.patch_study_status(meta["namespace"], meta["name"], wire)
+            memory.study = (meta.get("resourceVersion"), wire)
         events = []
         old = previous.condition("Ready") if previous else None
         if old is None or old.status != "False" or old.message != message:
