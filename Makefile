@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test prometheus crds bench-runner bench-operator clean
+.PHONY: run test prometheus crds chart images e2e-kind e2e-kind-clean bench-runner bench-operator bench-strategies clean
 
 # Every package at the version in constraints.txt. torch==2.13.0 is installed first and alone:
 # on our machines pip finds its CPU wheel locally; elsewhere add
@@ -30,9 +30,28 @@ prometheus:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; \
 	  else echo "prometheus is not installed: run 'sudo apt-get install prometheus' (tests that need it are skipped)"; fi; }
 
-## crds: regenerate crds/ from the API models
+## crds: regenerate crds/ from the API models, and the chart's copies
 crds: $(STAMP)
 	$(BIN)/kubetune crds --output-dir crds
+	cp crds/*.yaml charts/kubetune/crds/
+
+## chart: render and lint the Helm chart with Helm's engine, validate it, run every dashboard query against a real Prometheus
+chart: $(STAMP) prometheus
+	$(BIN)/python -m pytest tests/test_chart.py tests/test_dashboards.py
+
+IMAGE_TAG ?= 0.1.0
+## images: build the operator image and the CPU trial image (needs Docker)
+images:
+	docker build -f operator.Dockerfile -t kubetune-operator:$(IMAGE_TAG) .
+	docker build -f trial-image/Dockerfile --build-arg VARIANT=cpu -t kubetune-trial:$(IMAGE_TAG) .
+
+## e2e-kind: kind cluster, both images, Prometheus, the chart and a study run to Succeeded (needs docker, kind, kubectl, helm; ~10 min)
+e2e-kind: $(STAMP)
+	PYTHON=$(BIN)/python hack/e2e-kind.sh up
+
+## e2e-kind-clean: delete the kind cluster of e2e-kind
+e2e-kind-clean:
+	hack/e2e-kind.sh down
 
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): $(STAMP)
@@ -47,7 +66,7 @@ bench-runner: $(BENCH_STAMP)
 bench-operator: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench_operator.py
 
-## bench-strategies: sample efficiency (10 seeds, 30 trials) and suggestion latency of the strategies beside Optuna's (~25 min on 2 cores)
+## bench-strategies: sample efficiency (10 seeds, 30 trials) and suggestion latency of the strategies beside Optuna's (~16 min on 2 cores)
 bench-strategies: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench_strategies.py
 

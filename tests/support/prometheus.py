@@ -1,7 +1,9 @@
 """A real Prometheus server (Debian's package) on loopback, for tests that need one.
 
-Targets are given through a file_sd file that the test rewrites; Prometheus notices the
-change at once (inotify), and scrapes every 500 ms.
+Targets are given through file_sd files that the test rewrites; Prometheus notices the
+change at once (inotify), and scrapes every 500 ms. Two scrape jobs: "kubetune-trials" (trial
+processes, their own study/trial/namespace labels kept) and "kubetune-operator" (an operator's
+/metrics), as a cluster's Prometheus would have them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import pytest
 from kubetune.local.executor import free_port
 
 SCRAPE_INTERVAL = "500ms"
+TRIALS_JOB = "kubetune-trials"
+OPERATOR_JOB = "kubetune-operator"
 
 
 class PrometheusServer:
@@ -29,16 +33,18 @@ class PrometheusServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.targets_file = directory / "targets.json"
-        self.set_targets([])
+        self.targets_files = {TRIALS_JOB: self.targets_file, OPERATOR_JOB: directory / "operator-targets.json"}
+        for job in self.targets_files:
+            self.set_targets([], job=job)
         config = directory / "prometheus.yml"
         config.write_text(json.dumps({
             "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
             "scrape_configs": [{
-                "job_name": "kubetune-trials",
+                "job_name": job,
                 # The trial's own study/trial/namespace labels win over the target's.
-                "honor_labels": True,
-                "file_sd_configs": [{"files": [str(self.targets_file)], "refresh_interval": "1s"}],
-            }],
+                "honor_labels": job == TRIALS_JOB,
+                "file_sd_configs": [{"files": [str(path)], "refresh_interval": "1s"}],
+            } for job, path in self.targets_files.items()],
         }))
         self.log = (directory / "prometheus.log").open("w")
         self.process = subprocess.Popen(
@@ -67,10 +73,19 @@ class PrometheusServer:
         with urllib.request.urlopen(url, timeout=5) as response:
             return json.loads(response.read())["data"]["result"]
 
-    def set_targets(self, ports: list[int]) -> None:
-        tmp = self.targets_file.with_suffix(".tmp")
+    def query_range(self, expr: str, start: float, end: float, step: float = 1.0) -> list[dict]:
+        """A range query, as a Grafana panel runs it: series with [time, value] ``values``."""
+        url = f"{self.url}/api/v1/query_range?" + urllib.parse.urlencode(
+            {"query": expr, "start": start, "end": end, "step": step})
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())["data"]["result"]
+
+    def set_targets(self, ports: list[int], job: str = TRIALS_JOB) -> None:
+        """Scrape exactly these loopback ports in ``job`` (trial processes by default)."""
+        path = self.targets_files[job]
+        tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps([{"targets": [f"127.0.0.1:{p}" for p in ports]}] if ports else []))
-        tmp.replace(self.targets_file)
+        tmp.replace(path)
 
     def stop(self) -> None:
         self.process.terminate()
