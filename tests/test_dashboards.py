@@ -263,7 +263,7 @@ def test_every_dashboard_query_returns_data_from_a_real_study_and_operator(clust
         except AssertionError:
             pytest.fail("dashboard queries without data:\n" + "\n".join(pending))
         # The crashes are the failures the dashboard shows, with their logs on the trials.
-        failed = f'kubetune_trials{{namespace="{NS}", study="{STUDY}", phase="failed"}} == 2'
+        failed = f'kubetune_trials{{namespace="{NS}", study="{STUDY}", phase="Failed"}} == 2'
         wait_for(lambda: prometheus.query(failed), timeout=10, interval=0.2, what="both crashes in the failures panel")
         curves = prometheus.query_range(
             f'count by (trial) (kubetune_trial_metric{{namespace="{NS}", study="{STUDY}", metric="loss"}})', began, time.time())

@@ -368,7 +368,7 @@ def test_events_and_metrics_report_what_happened(cluster, operator):
                        and [e["reason"] for e in cluster.list("v1/events", NS)], what="events")
     assert len(reasons) <= 6, reasons  # transitions only, not one event per reconcile
     labels = {"namespace": NS, "study": "quad"}
-    assert REGISTRY.get_sample_value("kubetune_trials", {**labels, "phase": "succeeded"}) == 2
+    assert REGISTRY.get_sample_value("kubetune_trials", {**labels, "phase": "Succeeded"}) == 2
     best = get_study(cluster)["status"]["bestTrial"]["objective"]
     assert REGISTRY.get_sample_value("kubetune_study_best_objective", labels) == best
     assert REGISTRY.get_sample_value("kubetune_reconcile_duration_seconds_count") > 0
@@ -402,7 +402,7 @@ def test_the_operator_command_serves_health_and_metrics_and_runs_studies(cluster
         wait_for(lambda: fetch(health_port, "/healthz") is not None, timeout=60, what="the liveness endpoint")
         cluster.create(study(budget={"maxTrials": 1}))
         wait_for(lambda: jobs(cluster).get("quad-0000"), timeout=30, what="the operator process to create a Job")
-        wait_for(lambda: 'kubetune_trials{namespace="ml",phase="pending",study="quad"} 1.0' in (fetch(metrics_port, "/metrics") or ""),
+        wait_for(lambda: 'kubetune_trials{namespace="ml",phase="Pending",study="quad"} 1.0' in (fetch(metrics_port, "/metrics") or ""),
                  timeout=30, what="operator metrics")
     finally:
         process.terminate()

@@ -17,6 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from kubetune import trial
 from kubetune.local.executor import free_port
 
+from support.waiting import wait_for
+
 REPORTING_PROGRAM = textwrap.dedent("""
     import sys
     from kubetune import trial
@@ -138,3 +140,21 @@ def test_termination_message_fits_the_kubelet_limit_keeping_final_metrics(monkey
     assert record["metrics"] == {"val_loss": 1.0 / 500, "val_accuracy": 499 / 500}
     assert record["history"][-1]["step"] == 499
     assert len(json.loads(reporter.termination_message(None))["history"]) == 500
+
+
+def test_metrics_can_outlive_the_program_for_a_last_scrape(tmp_path):
+    program = 'from kubetune import trial\ntrial.report(step=1, loss=0.25)\nprint("done", flush=True)\n'
+    port = free_port()
+    child = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True,
+                             env=trial_env(tmp_path, port, KUBETUNE_METRICS_LINGER_SECONDS="30"))
+    try:
+        assert child.stdout.readline().strip() == "done"  # the program's last line ran
+        # The result is written before lingering, and /metrics still answers.
+        wait_for(lambda: (tmp_path / "termination.json").exists(), what="the final result")
+        assert child.poll() is None
+        assert json.loads((tmp_path / "termination.json").read_text())["metrics"] == {"loss": 0.25}
+        samples = scrape(port)
+        assert any(name == "kubetune_trial_metric" and value == 0.25 for (name, _), value in samples.items())
+    finally:
+        child.terminate()
+        child.wait(timeout=30)

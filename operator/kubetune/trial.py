@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Optional
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
@@ -37,6 +38,9 @@ ENV_METRICS_PORT = "KUBETUNE_METRICS_PORT"
 ENV_TERMINATION_PATH = "KUBETUNE_TERMINATION_PATH"
 # The local runner serves trials on loopback only; in a pod Prometheus scrapes the pod's IP.
 ENV_METRICS_ADDR = "KUBETUNE_METRICS_ADDR"
+# Keep serving /metrics this long after the program ends, so that Prometheus scrapes the last
+# values of short trials (a pod is discovered and scraped some seconds after it starts).
+ENV_METRICS_LINGER = "KUBETUNE_METRICS_LINGER_SECONDS"
 
 DEFAULT_METRICS_PORT = 9464
 POD_TERMINATION_PATH = "/dev/termination-log"
@@ -98,7 +102,7 @@ class _Reporter:
         self.history: list[dict[str, Any]] = []
         self.server_started = False
         self._serve()
-        atexit.register(self.write_termination_message)
+        atexit.register(self._at_exit)
         _exit_cleanly_on_sigterm()
 
     def _serve(self) -> None:
@@ -133,6 +137,12 @@ class _Reporter:
             record["history"] = record["history"][len(record["history"]) // 2 + 1:]
             text = json.dumps(record)
         return text
+
+    def _at_exit(self) -> None:
+        self.write_termination_message()
+        linger = float(os.environ.get(ENV_METRICS_LINGER) or 0)
+        if linger > 0 and self.server_started:
+            time.sleep(linger)  # the server thread keeps answering scrapes meanwhile
 
     def write_termination_message(self) -> None:
         path = termination_path()

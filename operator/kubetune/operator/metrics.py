@@ -21,7 +21,7 @@ RECONCILE_SECONDS = Histogram(
 RECONCILE_ERRORS = CounterMetric("kubetune_reconcile_errors", "Reconciles that ended in an error.", ["namespace", "study"])
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
-TRIAL_PHASES = ("pending", "running", "succeeded", "failed", "pruned", "stopped")
+TRIAL_PHASES = ("Pending", "Running", "Succeeded", "Failed", "Pruned", "Stopped")
 _study_phases: dict[tuple[str, str], str] = {}
 
 
@@ -34,8 +34,8 @@ def _count_studies() -> None:
 def record_study(namespace: str, name: str, phase: str, counts: dict[str, int], best: Optional[float]) -> None:
     _study_phases[(namespace, name)] = phase
     _count_studies()
-    for p in TRIAL_PHASES:
-        TRIALS.labels(namespace, name, p).set(counts.get(p, 0))
+    for p in TRIAL_PHASES:  # phases as the API spells them; counts are keyed in lower case
+        TRIALS.labels(namespace, name, p).set(counts.get(p.lower(), 0))
     if best is not None:
         BEST_OBJECTIVE.labels(namespace, name).set(best)
 
