@@ -38,14 +38,13 @@ from kubetune.strategies.base import SettingsError, Strategy
 from kubetune.strategies.unitcube import UnitCube, sobol_points
 from kubetune.trials import TrialRecord
 
-SOBOL_CANDIDATES = 1024
-LOCAL_CANDIDATES = 1024
+SOBOL_CANDIDATES = 512
+LOCAL_CANDIDATES = 512
 REFINE_ROUNDS = (0.1, 0.05, 0.025, 0.012, 0.006)  # perturbation scales of the local refinement rounds
-REFINE_ANCHORS = 6
-REFINE_SAMPLES = 128
+REFINE_ANCHORS = 4
+REFINE_SAMPLES = 64
 MIN_NOISE = 1e-6
-#: log expected improvement (in standard deviations of the objective) below which the search counts as stalled.
-STALLED_LOG_IMPROVEMENT = math.log(1e-3)
+FIT_ITERATIONS = 40
 #: No suggestion comes closer than this to a tried or pending configuration (unit-cube distance):
 #: 1% of a range is below any difference that matters in a hyperparameter, and re-measuring
 #: next to a known point is how an over-confident model wastes trials.
@@ -158,23 +157,17 @@ class _Suggestion:
         if self.succeeded < 2:
             return None
         torch = self.torch
-        x = self.features(self.u)
+        observed = self.features(self.u)
         y = _warp(_standardise(self.y_raw, torch), torch)
-        x, y, keep = self._subset(x, y)
+        x, y, keep = self._subset(observed, y)
         gp = _GaussianProcess.fit(x, y, self.features, torch)
         incumbent = float(y[self.is_result[keep]].min())
-        if len(self.pending_u):
-            gp = gp.with_fantasies(self.features(self.pending_u))
-        taken = torch.cat([self.features(self.u), self.features(self.pending_u)])
+        pending = self.features(self.pending_u)
+        if len(pending):
+            gp = gp.with_fantasies(pending)
         anchors = self.u[keep][torch.argsort(y, stable=True)[:5]]
-        point, log_ei = self._maximise(lambda x: gp.log_ei(x, incumbent), anchors, taken)
-        if point is not None and log_ei < STALLED_LOG_IMPROVEMENT:
-            # Expected improvement is known to over-exploit: once the model is sure of itself it
-            # keeps polishing the incumbent by amounts far below any real difference (a corner of
-            # the space can hold it for dozens of trials). Then an optimistic bound, which also
-            # values what the model does not know, picks the next trial instead.
-            point, _ = self._maximise(lambda x: gp.optimistic_bound(x), anchors, taken)
-        return point
+        return self._maximise(lambda candidates: gp.log_ei(candidates, incumbent), anchors,
+                              taken=torch.cat([observed, pending]))
 
     def _subset(self, x, y):
         """All observations, or past maxModelTrials the best half and those nearest the incumbent."""
@@ -192,9 +185,9 @@ class _Suggestion:
 
     # -- acquisition maximisation -----------------------------------------------------------
 
-    def _maximise(self, acquisition, anchors, taken):
+    def _maximise(self, acquisition, anchors, taken) -> Optional[list[float]]:
         """The best point for `acquisition` (higher is better) at least MIN_SEPARATION from
-        every point in `taken`, and its value; (None, -inf) when there is none."""
+        every point in `taken`; None when there is none (then the Sobol sequence continues)."""
         torch = self.torch
         d = self.cube.dimension
         candidates = torch.cat([
@@ -212,8 +205,8 @@ class _Suggestion:
             clear = torch.cdist(self.features(candidates[block]), taken).min(dim=1).values >= MIN_SEPARATION
             if bool(clear.any()):
                 position = int(block[int(torch.argmax(clear.to(torch.int8)))])
-                return candidates[position].tolist(), float(scores[position])
-        return None, -math.inf
+                return candidates[position].tolist()
+        return None
 
     def _perturb(self, anchors, per_anchor: int, scales: Sequence[float]):
         """Gaussian steps around each anchor at the given scales; each categorical choice is
@@ -371,7 +364,7 @@ class _GaussianProcess:
             theta.grad = grad / n
             return torch.tensor(value / n, dtype=torch.float64)
 
-        optimiser = torch.optim.LBFGS([theta], lr=1.0, max_iter=40, line_search_fn="strong_wolfe",
+        optimiser = torch.optim.LBFGS([theta], lr=1.0, max_iter=FIT_ITERATIONS, line_search_fn="strong_wolfe",
                                       tolerance_grad=1e-4, tolerance_change=1e-7)
         optimiser.step(objective)
         theta = theta.detach()
@@ -401,11 +394,6 @@ class _GaussianProcess:
         solved = torch.linalg.solve_triangular(self.chol, cross.T, upper=False)
         variance = (self.signal - (solved ** 2).sum(0)).clamp_min(1e-12)
         return mean, variance
-
-    def optimistic_bound(self, x):
-        """Minus the lower confidence bound, mean - 2 sd: high where the model is hopeful or unsure."""
-        mean, variance = self.predict(x)
-        return -(mean - 2.0 * variance.sqrt())
 
     def log_ei(self, x, incumbent: float):
         """log E[max(incumbent - f(x), 0)]: we minimise."""
