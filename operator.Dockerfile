@@ -1,4 +1,6 @@
-# The kubetune operator image: `kubetune operator` (kopf), the cluster extra only, no torch.
+# The kubetune operator image: `kubetune operator` (kopf) with the cluster extra and torch's
+# CPU build, which the bayesian and sobol strategies (and so the default, auto) need; without
+# torch, auto would fall back to random search.
 #
 # Build from the repository root:
 #   docker build -f operator.Dockerfile -t kubetune-operator:0.1.0 .
@@ -11,9 +13,11 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/kubetune
 WORKDIR /src
-# pyproject.toml names the trainer package too, so its (pure Python) sources come along;
-# the trainer extra (torch) is not installed.
+# pyproject.toml names the trainer package too, so its (pure Python) sources come along.
 COPY pyproject.toml README.md constraints.txt ./
+# The CPU wheel of the pinned torch (the default PyPI wheel would bring CUDA, gigabytes).
+RUN /opt/kubetune/bin/pip install --index-url https://download.pytorch.org/whl/cpu \
+      "torch==$(sed -n 's/^torch==//p' constraints.txt)"
 COPY operator/kubetune/ operator/kubetune/
 COPY trial-image/kubetune_trainer/ trial-image/kubetune_trainer/
 # Every dependency at the version the tests ran with (constraints.txt).
