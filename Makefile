@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test prometheus crds chart images e2e-kind e2e-kind-clean bench-runner bench-operator bench-strategies clean
+.PHONY: run test prometheus crds chart images e2e-kind e2e-kind-clean bench-runner bench-operator bench-strategies bench-stopping clean
 
 # Every package at the version in constraints.txt. torch==2.13.0 is installed first and alone:
 # on our machines pip finds its CPU wheel locally; elsewhere add
@@ -61,6 +61,10 @@ $(BENCH_STAMP): $(STAMP)
 ## bench-runner: the local runner's own overhead per trial, beside a bare loop and Optuna
 bench-runner: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench_runner.py
+
+## bench-stopping: epochs spent and best accuracy of median, ASHA and Hyperband beside Optuna's pruners, reference trainer, 5 seeds (~3 min on 2 cores)
+bench-stopping: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/bench_stopping.py
 
 ## bench-operator: the kopf operator against the emulated API: study -> first Job, pod done -> next Job, requests per trial, memory with 1,000 live trials (~1 min)
 bench-operator: $(BENCH_STAMP)

@@ -58,7 +58,7 @@ def test_example_runs_and_resumes_with_a_larger_budget(example, tmp_path):
 
 
 @pytest.mark.e2e
-def test_a_diverging_trial_fails_with_the_trainers_message(tmp_path):
+def test_a_diverging_trial_is_pruned_as_diverged_with_the_trainers_message(tmp_path):
     example = ROOT / "examples" / "digits" / "study.yaml"
     path = shrunk(example, tmp_path, 1, parameters=[
         {"name": "lr", "type": "categorical", "values": [50.0]},
@@ -67,9 +67,13 @@ def test_a_diverging_trial_fails_with_the_trainers_message(tmp_path):
         {"name": "optimizer", "type": "categorical", "values": ["sgd"]},
     ])
     result = kubetune("run", str(path), "-o", str(tmp_path / "out"), cwd=tmp_path)
-    assert result.returncode == 1  # the only trial failed, so the study did
+    assert result.returncode == 1  # the only trial diverged, so no trial succeeded
     trial = json.loads((tmp_path / "out" / "trials" / "digits-0000" / "trial.json").read_text())
-    assert trial["status"]["phase"] == "Failed"
-    assert trial["status"]["reason"] == "Error"
-    assert "exit code 3: kubetune-train: training diverged" in trial["status"]["message"]
+    # The divergence guard's verdict (Pruned, not Failed: it does not count towards maxFailedTrials),
+    # whether it stopped the trial at a scrape or the trainer exited 3 first.
+    assert trial["status"]["phase"] == "Pruned"
+    assert trial["status"]["reason"] == "Diverged"
+    assert trial["status"]["message"].startswith("divergence guard at step 1: ")
+    if "exit code 3" in trial["status"]["message"]:
+        assert "exit code 3: kubetune-train: training diverged" in trial["status"]["message"]
     assert "NoSuccessfulTrials" in result.stdout

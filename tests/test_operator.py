@@ -401,9 +401,9 @@ def test_the_operator_command_serves_health_and_metrics_and_runs_studies(cluster
     try:
         wait_for(lambda: fetch(health_port, "/healthz") is not None, timeout=60, what="the liveness endpoint")
         cluster.create(study(budget={"maxTrials": 1}))
-        wait_for(lambda: jobs(cluster).get("quad-0000"), timeout=30, what="the operator process to create a Job")
+        wait_for(lambda: jobs(cluster).get("quad-0000"), timeout=60, what="the operator process to create a Job")
         wait_for(lambda: 'kubetune_trials{namespace="ml",phase="Pending",study="quad"} 1.0' in (fetch(metrics_port, "/metrics") or ""),
-                 timeout=30, what="operator metrics")
+                 timeout=60, what="operator metrics")
     finally:
         process.terminate()
         _, stderr = process.communicate(timeout=30)

@@ -23,6 +23,7 @@ from kubetune.api.models import (
     StudyStatus,
     TrialCounts,
 )
+from kubetune.stoppers import Stopper, decide, make_stoppers
 from kubetune.strategies import Strategy, make_strategy, study_seed
 from kubetune.trials import TrialRecord, trial_name
 
@@ -137,10 +138,13 @@ def plan(
         phase, reason, message = "Running", "TrialsRunning", ""
 
     if phase == "Running":
-        room = max(0, min(budget.parallel_trials - len(active), budget.max_trials - used))
+        # Pruned trials used their budget; their slots are free for new trials at once.
+        actions.extend(_prune(make_stoppers(study), trials))
+        running = len(active) - len(actions)
+        room = max(0, min(budget.parallel_trials - running, budget.max_trials - used))
         created, exhausted = _new_trials(study, trials, strategy, room)
         actions.extend(created)
-        running_after = len(active) + len(actions)
+        running_after = running + len(created)
         if running_after == 0:
             if exhausted and used < budget.max_trials:
                 phase, reason = "Succeeded", "SearchSpaceExhausted"
@@ -154,7 +158,7 @@ def plan(
             else:
                 message += f"; best {spec.objective.metric}={_fmt(best.objective(spec.objective))} ({best.name})"
         else:
-            message = f"{running_after} trials running, {used + len(actions)} of {budget.max_trials} started"
+            message = f"{running_after} trials running, {used + len(created)} of {budget.max_trials} started"
     else:
         stop_reason = {"Succeeded": "StudySucceeded", "Failed": "StudyFailed", "Suspended": "StudySuspended"}[phase]
         for trial in sorted(active, key=lambda t: t.index):
@@ -171,6 +175,17 @@ def plan(
     )
     status.conditions = _conditions(previous, phase, reason, message, study.metadata.generation, now)
     return Plan(tuple(actions), status)
+
+
+def _prune(stoppers: Sequence[Stopper], trials: Sequence[TrialRecord]) -> list[StopTrial]:
+    """Stop the running trials the stoppers give up on, in index order."""
+    stops = []
+    for trial in sorted(trials, key=lambda t: t.index):
+        if trial.phase == "Running":
+            decision = decide(stoppers, trial, trials)
+            if decision is not None:
+                stops.append(StopTrial(trial.name, "Pruned", decision.reason, decision.message))
+    return stops
 
 
 def _new_trials(

@@ -28,8 +28,29 @@ def placeholders(text: str) -> list[str]:
     return PLACEHOLDER.findall(text)
 
 
+MAX_RESOURCE_PLACEHOLDER = "study.maxResource"
+ENV_MAX_RESOURCE = "KUBETUNE_MAX_RESOURCE"
+
+
 def known_placeholders(study: HyperparameterStudy) -> list[str]:
-    return [f"params.{p.name}" for p in study.spec.parameters] + list(FIXED_PLACEHOLDERS)
+    known = [f"params.{p.name}" for p in study.spec.parameters] + list(FIXED_PLACEHOLDERS)
+    if max_resource(study) is not None:
+        known.append(MAX_RESOURCE_PLACEHOLDER)
+    return known
+
+
+def max_resource(study: HyperparameterStudy) -> Optional[int]:
+    """spec.earlyStopping's maxResource (asha, hyperband): the steps of a complete trial, for
+    example --epochs=${study.maxResource}, so the trial runs exactly as long as the rule's
+    schedule expects. None without such a rule, or when its settings are invalid (reported
+    by validation)."""
+    from kubetune.stoppers import max_resource as rule_max_resource  # stoppers import the engine's modules
+    from kubetune.strategies import SettingsError
+
+    try:
+        return rule_max_resource(study)
+    except (KeyError, SettingsError):
+        return None
 
 
 def template_fields(container: Container) -> list[tuple[str, str]]:
@@ -58,6 +79,9 @@ def placeholder_values(
         "study.name": study.metadata.name,
         "study.namespace": study.metadata.namespace or "",
     })
+    resource = max_resource(study)
+    if resource is not None:
+        values[MAX_RESOURCE_PLACEHOLDER] = str(resource)
     return values
 
 
@@ -77,6 +101,9 @@ def trial_environment(
     for p in study.spec.parameters:
         if p.name in parameters:
             env[p.env_name] = space.format_value(parameters[p.name])
+    resource = max_resource(study)
+    if resource is not None:
+        env[ENV_MAX_RESOURCE] = str(resource)
     if metrics_port is not None:
         env[ENV_METRICS_PORT] = str(metrics_port)
     return env

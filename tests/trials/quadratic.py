@@ -2,8 +2,10 @@
 
 Behaviour switches come from parameters so that one study can hold good, crashing, silent,
 hanging and flaky trials: mode=crash exits 1, mode=silent reports nothing, mode=hang waits
-until it is stopped, mode=flaky fails its first attempt. `delay` sleeps between steps.
-It also reports the GPU it was given and when it started and ended.
+until it is stopped, mode=flaky fails its first attempt, mode=diverge (loss 100x its first
+value) and mode=nan (loss NaN) diverge at step 2 and then wait until they are stopped.
+`delay` sleeps between steps. It also reports the GPU it was given, when it started and
+ended, and with pid=true its process id (to check that a stopped trial is really gone).
 """
 
 import os
@@ -34,6 +36,11 @@ if mode == "silent":
 for step in range(1, steps + 1):
     time.sleep(delay)
     extra = {"gpu": float(gpu)} if gpu not in (None, "") else {}
-    trial.report(step=step, loss=(x - 0.3) ** 2 + 1.0 / step, x=x, started=started, ended=time.time(), **extra)
-    if mode == "hang":
+    if params.get("pid"):
+        extra["pid"] = float(os.getpid())
+    loss = (x - 0.3) ** 2 + 1.0 / step
+    if mode in ("diverge", "nan") and step >= 2:
+        loss = 100.0 * loss if mode == "diverge" else float("nan")
+    trial.report(step=step, loss=loss, x=x, started=started, ended=time.time(), **extra)
+    if mode in ("hang", "diverge", "nan") and (mode == "hang" or step >= 2):
         time.sleep(3600)

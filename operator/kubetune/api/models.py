@@ -248,14 +248,35 @@ class Strategy(ApiModel):
     )
 
 
-class EarlyStopping(ApiModel):
-    """Rules that stop unpromising trials before they finish."""
+class DivergenceGuard(ApiModel):
+    """The divergence guard: on by default, whatever early-stopping rule is chosen."""
 
-    name: str = Field(description="Early-stopping rule.")
+    enabled: bool = Field(
+        default=True,
+        description="Stop a trial at once, with phase Pruned and reason Diverged, when a metric it reports is NaN or infinite or a loss grows past factor times its first value.",
+    )
+    factor: float = Field(
+        default=10.0,
+        gt=1,
+        description="How many times its first reported value a loss may grow to before the trial counts as diverged. Watched: the objective when minimized, and every metric with 'loss' in its name.",
+    )
+
+
+class EarlyStopping(ApiModel):
+    """Rules that stop unpromising trials before they finish; stopped trials become Pruned."""
+
+    name: Optional[str] = Field(
+        default=None,
+        description="Early-stopping rule: median (stop a trial whose best value so far is worse than the median of completed trials at the same step), asha (asynchronous successive halving on the reported step), hyperband (brackets of ASHA), or unset for none (the divergence guard still applies).",
+    )
     settings: dict[str, Any] = Field(
         default_factory=dict,
-        description="Rule-specific settings.",
+        description="Rule-specific settings. median: warmupSteps, minTrials. asha and hyperband: reductionFactor, minResource, maxResource (the steps of a complete trial, substituted for ${study.maxResource}; required by hyperband).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    divergence: DivergenceGuard = Field(
+        default_factory=DivergenceGuard,
+        description="The divergence guard, on by default; set enabled: false to let diverging trials run on.",
     )
 
 
@@ -333,7 +354,7 @@ class TrialTemplate(ApiModel):
         description="The container that runs the training and reports metrics; by default the first container.",
     )
     template: PodTemplate = Field(
-        description="A core/v1 PodTemplateSpec. ${params.NAME}, ${trial.name}, ${trial.index}, ${study.name} and ${study.namespace} are substituted in command, args and env values."
+        description="A core/v1 PodTemplateSpec. ${params.NAME}, ${trial.name}, ${trial.index}, ${study.name} and ${study.namespace} are substituted in command, args and env values, and ${study.maxResource} when spec.earlyStopping sets maxResource."
     )
 
     @model_validator(mode="after")
@@ -373,7 +394,8 @@ class StudySpec(ApiModel):
     )
     strategy: Strategy = Field(default_factory=Strategy, description="How configurations are proposed.")
     early_stopping: Optional[EarlyStopping] = Field(
-        default=None, description="Optional rule that stops unpromising trials early."
+        default=None,
+        description="Optional rule that stops unpromising trials early. Without it the divergence guard still stops diverged trials.",
     )
     budget: Budget = Field(default_factory=Budget, description="Trial budget and parallelism.")
     suspend: bool = Field(
@@ -516,6 +538,16 @@ class TrialSpec(ApiModel):
     )
 
 
+MAX_INTERMEDIATE_REPORTS = 100
+
+
+class IntermediateReport(ApiModel):
+    """One intermediate report the operator observed: a step and its finite metric values."""
+
+    step: int = Field(description="The step (for example epoch) the trial reported.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="The metric values at that step.")
+
+
 class TrialStatus(ApiModel):
     """Observed state of one trial."""
 
@@ -523,6 +555,11 @@ class TrialStatus(ApiModel):
     metrics: dict[str, float] = Field(default_factory=dict, description="Final (or latest) metric values.")
     step: Optional[int] = Field(default=None, description="The last step (for example epoch) the trial reported.")
     reported_steps: int = Field(default=0, description="How many intermediate reports were observed.")
+    intermediate: list[IntermediateReport] = Field(
+        default_factory=list,
+        max_length=MAX_INTERMEDIATE_REPORTS,
+        description=f"The intermediate reports the operator saw, one per observed step, for early stopping (cluster only). At most {MAX_INTERMEDIATE_REPORTS}: beyond that every other older report is dropped, the first always kept.",
+    )
     attempts: int = Field(default=0, description="How many times the trial was started.")
     reason: Optional[str] = Field(default=None, description="CamelCase reason for the phase (Error, DeadlineExceeded, OOMKilled, NoMetrics...).")
     message: Optional[str] = Field(default=None, description="Details, for example the end of the trial's output.")

@@ -17,10 +17,8 @@ from pydantic import BaseModel, ValidationError
 
 from kubetune import template
 from kubetune.api.models import HyperparameterStudy
+from kubetune.stoppers import STOPPERS, make_rule
 from kubetune.strategies import STRATEGIES, SettingsError, make_strategy
-
-# Early-stopping rules by name; filled in as rules are implemented.
-STOPPERS: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -101,12 +99,18 @@ def check_study(study: HyperparameterStudy) -> list[FieldError]:
             make_strategy(study)
         except SettingsError as exc:
             errors.append(FieldError(f"spec.strategy.settings.{exc.key}", str(exc)))
-    if spec.early_stopping is not None and spec.early_stopping.name not in STOPPERS:
-        available = ", ".join(sorted(STOPPERS)) or "none in this version"
+    early = spec.early_stopping
+    if early is not None and early.name is not None and early.name not in STOPPERS:
         errors.append(FieldError(
             "spec.earlyStopping.name",
-            f"unknown early-stopping rule {spec.early_stopping.name!r}; available: {available}; remove spec.earlyStopping to run without one",
+            f"unknown early-stopping rule {early.name!r}; available: {', '.join(sorted(STOPPERS))}; "
+            f"leave it out to run without one",
         ))
+    elif early is not None:
+        try:
+            make_rule(study)
+        except SettingsError as exc:
+            errors.append(FieldError(f"spec.earlyStopping.settings.{exc.key}", str(exc)))
     known = template.known_placeholders(study)
     containers = spec.trial_template.template.spec.containers
     for c_index, container in enumerate(containers):

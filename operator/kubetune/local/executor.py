@@ -31,6 +31,7 @@ from kubetune import template
 from kubetune.api.models import TERMINAL_TRIAL_PHASES, HyperparameterStudy, HyperparameterTrial, TrialStatus
 from kubetune.engine import CreateTrial, StopTrial, timestamp
 from kubetune.local.store import StudyStore, record_of
+from kubetune.stoppers import diverged
 from kubetune.trial import ENV_METRICS_ADDR, ENV_TERMINATION_PATH, METRIC_NAME, STEP_NAME
 from kubetune.trials import Report, TrialRecord
 
@@ -378,7 +379,15 @@ class LocalExecutor:
                                                        "reported_steps": len(run.history)})
         objective = self.study.spec.objective.metric
         retries_left = trial.status.attempts <= self.study.spec.trial_template.retries
-        if code == 0 and objective in metrics:
+        divergence = diverged(self.study, record_of(trial, run.history)) if code != 0 else None
+        if divergence is not None:
+            # The trainer saw its own divergence first; retrying the same parameters cannot help.
+            tail = self._output_tail(name)
+            last = tail.splitlines()[-1].strip() if tail else ""
+            self._finish(name, "Pruned", divergence.reason,
+                         f"{divergence.message}; the trial then ended with {_describe_exit(code)}"
+                         + (f": {last}" if last else ""))
+        elif code == 0 and objective in metrics:
             self._finish(name, "Succeeded", "Completed", "")
         elif code == 0:
             reported = ", ".join(sorted(metrics)) or "nothing"

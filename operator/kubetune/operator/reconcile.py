@@ -19,7 +19,13 @@ from typing import Any, Mapping, Optional, Sequence
 
 from pydantic import ValidationError
 
-from kubetune.api.models import TERMINAL_TRIAL_PHASES, Condition, HyperparameterStudy, StudyStatus
+from kubetune.api.models import (
+    MAX_INTERMEDIATE_REPORTS,
+    TERMINAL_TRIAL_PHASES,
+    Condition,
+    HyperparameterStudy,
+    StudyStatus,
+)
 from kubetune.api.validation import StudyInvalid, parse_study
 from kubetune.cluster import observe
 from kubetune.cluster.builders import build_job, build_trial
@@ -27,7 +33,8 @@ from kubetune.cluster.kube import KubeApi
 from kubetune.cluster.prometheus import PrometheusReader, PrometheusUnavailable, TrialMetrics
 from kubetune.engine import Plan, invalid_status, plan, set_condition, timestamp
 from kubetune.operator import metrics
-from kubetune.trials import TrialRecord
+from kubetune.stoppers import diverged
+from kubetune.trials import Report, TrialRecord
 
 SEARCH_SPACE_ANNOTATION = "kubetune.io/search-space"
 PROMETHEUS_URL_ANNOTATION = "kubetune.io/prometheus-url"
@@ -95,6 +102,7 @@ class Observed:
     unschedulable: list[tuple[str, str]]  # (trial, the scheduler's message)
     metrics_error: Optional[str]
     newly_failed: list[TrialRecord]
+    statuses: dict[str, dict] = field(default_factory=dict)  # each trial's status as observed
 
 
 def search_space_digest(study: HyperparameterStudy) -> str:
@@ -113,6 +121,32 @@ def previous_status(body: Mapping[str, Any]) -> Optional[StudyStatus]:
 def _finite(values: Mapping[str, float]) -> dict[str, float]:
     # JSON in the API server has no NaN or Infinity; a diverged value is left out.
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def remember(intermediate: Sequence[Mapping[str, Any]], step: int, values: Mapping[str, float]) -> list[dict]:
+    """status.intermediate with the report of `step` added (or replaced), bounded.
+
+    The operator sees one report per reconcile (the latest scrape), so steps reported between
+    two reconciles are missing. Past MAX_INTERMEDIATE_REPORTS every other older report is
+    dropped, always keeping the first (the divergence guard's reference) and the newest, so
+    the curve keeps its shape over any number of steps.
+    """
+    entries = [dict(e) for e in intermediate if e.get("step") != step]
+    entries.append({"step": step, "metrics": _finite(values)})
+    entries.sort(key=lambda e: e["step"])
+    while len(entries) > MAX_INTERMEDIATE_REPORTS:
+        older, newest = entries[:-1], entries[-1]
+        entries = older[::2] + [newest] if len(older) > 1 else entries[-MAX_INTERMEDIATE_REPORTS:]
+    return entries
+
+
+def history_of(status: Mapping[str, Any], scraped: Optional[TrialMetrics]) -> tuple[Report, ...]:
+    """A trial's curve for the stoppers: status.intermediate, then this reconcile's scrape as
+    read (NaN and Infinity included, which the status cannot hold)."""
+    reports = [Report(e.get("step"), e.get("metrics") or {}) for e in status.get("intermediate") or []]
+    if scraped is not None and scraped.metrics and status.get("phase") == "Running":
+        reports = [r for r in reports if r.step != scraped.step] + [Report(scraped.step, dict(scraped.metrics))]
+    return tuple(reports)
 
 
 class Reconciler:
@@ -163,7 +197,7 @@ class Reconciler:
             metrics.SUGGESTION_SECONDS.observe(time.perf_counter() - planned_at)
             if not status_plan.actions:
                 break
-            records = self._apply(study, body, status_plan, records, now, memory)
+            records = self._apply(study, body, status_plan, records, now, memory, observed.statuses)
         status = status_plan.status
         status.conditions += self._extra_conditions(previous, observed, generation, now)
         wire = status.to_wire()
@@ -192,7 +226,7 @@ class Reconciler:
                 scraped = PrometheusReader(url).study_metrics(namespace, study.metadata.name, window)
             except PrometheusUnavailable as exc:
                 metrics_error = str(exc)
-        records, unschedulable, newly_failed = [], [], []
+        records, unschedulable, newly_failed, statuses = [], [], [], {}
         for trial in sorted(trials, key=lambda t: t["spec"]["index"]):
             name = trial["metadata"]["name"]
             status = memory.trial_status(trial)
@@ -215,13 +249,15 @@ class Reconciler:
                         if new.get("phase") == "Failed":
                             newly_failed.append(name)
                     status = new
+            statuses[name] = status
             records.append(TrialRecord(
                 name=name, index=trial["spec"]["index"], parameters=trial["spec"]["parameters"],
                 phase=status.get("phase", "Pending"), metrics=status.get("metrics", {}),
+                history=history_of(status, scraped.get(name)),
                 reason=status.get("reason"), message=status.get("message"), rerun_of=trial["spec"].get("rerunOf"),
             ))
         failed = [r for r in records if r.name in newly_failed]
-        return Observed(records, unschedulable, metrics_error, failed)
+        return Observed(records, unschedulable, metrics_error, failed, statuses)
 
     def _trial_status(self, study, status, job, pods, scraped: Optional[TrialMetrics], primary, now) -> dict[str, Any]:
         observation = observe.observe_job(job, pods, primary, now)
@@ -243,6 +279,7 @@ class Reconciler:
             values.update(scraped.metrics)
             if scraped.step is not None:
                 new["step"] = scraped.step
+                new["intermediate"] = remember(new.get("intermediate") or [], scraped.step, scraped.metrics)
         record = observe.parse_termination(observation.termination_message)
         if record is not None:
             # The trial's own final word: authoritative when Prometheus missed the last scrape.
@@ -250,6 +287,18 @@ class Reconciler:
             if record.get("step") is not None:
                 new["step"] = record["step"]
             new["reportedSteps"] = max(new.get("reportedSteps", 0), len(record.get("history") or []))
+            # Its full curve replaces what the scrapes caught, for the other trials' stoppers.
+            for report in record.get("history") or []:
+                if isinstance(report, dict) and isinstance(report.get("step"), int) and isinstance(report.get("metrics"), dict):
+                    new["intermediate"] = remember(new.get("intermediate") or [], report["step"], report["metrics"])
+            if observation.phase == "Failed":
+                history = tuple(Report(r.get("step"), r.get("metrics") or {}) for r in record.get("history") or []
+                                if isinstance(r, dict))
+                divergence = diverged(study, TrialRecord(job["metadata"]["name"], 0, {}, history=history))
+                if divergence is not None:
+                    # The trainer saw its own divergence and exited: what the guard would have done.
+                    new.update(phase="Pruned", reason=divergence.reason,
+                               message=f"{divergence.message}; the trial then exited with an error")
         new["metrics"] = _finite(values)
         objective = study.spec.objective.metric
         if observation.phase == "Succeeded" and objective not in new["metrics"]:
@@ -262,7 +311,8 @@ class Reconciler:
 
     # -- acting ------------------------------------------------------------------------
 
-    def _apply(self, study, body, result: Plan, records: list[TrialRecord], now, memory: StudyMemory) -> list[TrialRecord]:
+    def _apply(self, study, body, result: Plan, records: list[TrialRecord], now, memory: StudyMemory,
+               statuses: Mapping[str, dict]) -> list[TrialRecord]:
         namespace = study.metadata.namespace
         by_name = {r.name: r for r in records}
         for stop in result.stops():
@@ -271,7 +321,8 @@ class Reconciler:
                        "completionTime": timestamp(now)}
             self.api.patch_trial_status(namespace, stop.name, stopped)
             version = memory.trials.get(stop.name, (None, None))[0]
-            memory.trials[stop.name] = (version, stopped)
+            # The patch merges into the status: metrics and the curve stay, for the other trials' stoppers.
+            memory.trials[stop.name] = (version, {**statuses.get(stop.name, {}), **stopped})
             by_name[stop.name] = replace(by_name[stop.name], phase=stop.phase, reason=stop.reason, message=stop.message)
         for create in result.creates():
             created = self.api.create_trial(build_trial(study, body, create.name, create.index,
