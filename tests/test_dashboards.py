@@ -25,11 +25,10 @@ import re
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 
@@ -39,6 +38,7 @@ from kubetune.operator import metrics as operator_metrics
 from kubetune.trial import METRIC_NAME, STEP_NAME
 
 from conftest import QUADRATIC, ROOT
+from support.http import fetch
 from support.prometheus import OPERATOR_JOB
 from support.waiting import wait_for
 
@@ -200,14 +200,6 @@ def study(namespace: str) -> dict[str, Any]:
                 {"name": "trial", "image": "kubetune-trial:test", "command": [sys.executable, QUADRATIC]}]}}},
         },
     }
-
-
-def fetch(port: int, path: str) -> Optional[str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return response.read().decode()
-    except OSError:
-        return None
 
 
 def has_data(result: list[dict[str, Any]]) -> bool:

@@ -379,9 +379,8 @@ def test_the_operator_command_serves_health_and_metrics_and_runs_studies(cluster
     import os
     import subprocess
     import sys
-    import urllib.request
-
     from kubetune.local.executor import free_port
+    from support.http import fetch
 
     cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
     metrics_port, health_port = free_port(), free_port()
@@ -390,13 +389,6 @@ def test_the_operator_command_serves_health_and_metrics_and_runs_studies(cluster
         [sys.executable, "-m", "kubetune.operator", "--namespace", NS,
          "--metrics-port", str(metrics_port), "--health-port", str(health_port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-    def fetch(port: int, path: str) -> Optional[str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-                return response.read().decode()
-        except OSError:
-            return None
 
     try:
         wait_for(lambda: fetch(health_port, "/healthz") is not None, timeout=60, what="the liveness endpoint")
