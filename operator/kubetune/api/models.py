@@ -10,11 +10,12 @@ again by model validators, so the CLI gives the same answer as the API server.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from kubetune.trial import env_name as trial_env_name
 
 GROUP = "kubetune.io"
 VERSION = "v1alpha1"
@@ -215,7 +216,7 @@ class Parameter(ApiModel):
 
     @property
     def env_name(self) -> str:
-        return "KUBETUNE_PARAM_" + re.sub(r"[^A-Z0-9]", "_", self.name.upper())
+        return trial_env_name(self.name)
 
 
 def _nearest_pow2(value: int) -> int:

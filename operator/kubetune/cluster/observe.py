@@ -67,13 +67,15 @@ def _clip(text: Optional[str]) -> Optional[str]:
     return text if len(text) <= MESSAGE_LIMIT else "..." + text[-MESSAGE_LIMIT:]
 
 
-def _seconds_since(stamp: Optional[str], now: datetime) -> float:
+def seconds_since(stamp: Optional[str], now: datetime) -> float:
+    """Seconds from an RFC 3339 timestamp to `now`; 0 when missing, unreadable or in the future."""
     if not stamp:
         return 0.0
     try:
-        return (now - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
+        then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     except ValueError:
         return 0.0
+    return max(0.0, (now - then).total_seconds())
 
 
 def observe_job(
@@ -92,7 +94,7 @@ def observe_job(
     failed = _condition(job, "Failed")
     finished = next((c for c in (complete, failed) if c is not None and c.get("status") == "True"), None)
     if (finished is not None and not terminated and finished.get("reason") != "DeadlineExceeded"
-            and _seconds_since(finished.get("lastTransitionTime"), now) < POD_LAG_SECONDS):
+            and seconds_since(finished.get("lastTransitionTime"), now) < POD_LAG_SECONDS):
         return JobObservation("Running", "AwaitingPodStatus", None, None, **times)
     if finished is complete and complete is not None:
         return JobObservation("Succeeded", "Completed", None, termination, **times)

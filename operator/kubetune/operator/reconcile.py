@@ -221,7 +221,7 @@ class Reconciler:
         url = (study.metadata.annotations or {}).get(PROMETHEUS_URL_ANNOTATION) or self.config.prometheus_url
         if active and url:
             started = min((t["metadata"].get("creationTimestamp") or "" for t in active), default="")
-            window = _seconds_since(started, now) + 60
+            window = observe.seconds_since(started, now) + 60
             try:
                 scraped = PrometheusReader(url).study_metrics(namespace, study.metadata.name, window)
             except PrometheusUnavailable as exc:
@@ -380,13 +380,4 @@ class Reconciler:
                            f"{status.best_trial.name}: objective {status.best_trial.objective:.6g}"))
         return events
 
-
-def _seconds_since(stamp: str, now: datetime) -> float:
-    if not stamp:
-        return 0.0
-    try:
-        then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        return 0.0
-    return max(0.0, (now - then).total_seconds())
 
