@@ -6,11 +6,13 @@ allowed up to 27 epochs, and stops trials after the epochs it chooses:
 
   no stopping      every trial runs its 27 epochs (the divergence guard still applies)
   kubetune median  the median rule (minTrials 5, warmupSteps 0)
-  kubetune asha    reductionFactor 3, minResource 1, maxResource 27 (rungs at 1, 3, 9 epochs);
-                   also with minResource 3 (rungs at 3, 9) and with reductionFactor 2
-  kubetune hyperband  reductionFactor 3, 1..27, as 4 brackets of ASHA
+  kubetune asha    the defaults with maxResource 27: reductionFactor 3, minResource 1
+                   (27 / 3^3), rungs at 1, 3, 9 epochs; also with minResource 3 (rungs at
+                   3, 9) and with reductionFactor 2
+  kubetune hyperband  the defaults with maxResource 27: 4 brackets of ASHA, 1..27, eta 3
   optuna median / sha / hyperband  Optuna's MedianPruner (defaults), SuccessiveHalvingPruner
-                   (the same three settings as asha) and HyperbandPruner (1..27, 3)
+                   (the same three settings as asha, and its own defaults: min_resource
+                   'auto', reduction_factor 4) and HyperbandPruner (1..27, 3)
 
 kubetune's methods are driven through the engine itself (`plan`): it creates the trials from
 the study's random strategy and decides, after every epoch report, which trial to prune.
@@ -22,8 +24,9 @@ Training is deterministic on the CPU, so each configuration is trained once, all
 and every method replays the prefix of its curve it would have run: the epoch counts are
 exactly what each method would have consumed. Curves are trained in parallel processes.
 
-    make bench-stopping            # ~3 min on 2 cores, nearly all of it training
+    make bench-stopping            # seeds 0-4, ~3 min on 2 cores, nearly all of it training
     python benchmarks/bench_stopping.py --first-seed 5 --output benchmarks/results/stopping-holdout.json --plot ''
+    python benchmarks/bench_stopping.py --first-seed 10 --seeds 10 --output benchmarks/results/stopping-holdout-10-19.json --plot ''
     python benchmarks/bench_stopping.py --curves /tmp/curves.json   # keep trained curves for reruns
 """
 
@@ -121,7 +124,7 @@ def run_kubetune(seed: int, trials: int, early_stopping: Optional[dict], curves:
         if outcome is None:
             done = TrialRecord(create.name, create.index, create.parameters, "Succeeded", curve[-1], tuple(history))
             if len(curve) < MAX_EPOCHS:  # the trainer stopped itself (exit 3): recorded as the runner would
-                decision = diverged(spec, done)
+                decision = diverged(spec, done, records)
                 done = TrialRecord(create.name, create.index, create.parameters,
                                    "Pruned" if decision else "Failed", curve[-1], tuple(history))
             outcome = done
@@ -166,14 +169,12 @@ def methods() -> dict[str, tuple[str, Any]]:
     return {
         "no stopping": ("kubetune", None),
         "kubetune median": ("kubetune", {"name": "median"}),
-        "kubetune asha": ("kubetune", {"name": "asha", "settings": {"reductionFactor": 3, "minResource": 1,
-                                                                    "maxResource": MAX_EPOCHS}}),
+        "kubetune asha": ("kubetune", {"name": "asha", "settings": {"maxResource": MAX_EPOCHS}}),  # the defaults
         "kubetune asha min 3": ("kubetune", {"name": "asha", "settings": {"reductionFactor": 3, "minResource": 3,
                                                                           "maxResource": MAX_EPOCHS}}),
         "kubetune asha eta 2": ("kubetune", {"name": "asha", "settings": {"reductionFactor": 2, "minResource": 1,
                                                                           "maxResource": MAX_EPOCHS}}),
-        "kubetune hyperband": ("kubetune", {"name": "hyperband", "settings": {"reductionFactor": 3, "minResource": 1,
-                                                                              "maxResource": MAX_EPOCHS}}),
+        "kubetune hyperband": ("kubetune", {"name": "hyperband", "settings": {"maxResource": MAX_EPOCHS}}),
         "optuna median": ("optuna", lambda: optuna.pruners.MedianPruner()),
         "optuna sha (asha)": ("optuna", lambda: optuna.pruners.SuccessiveHalvingPruner(
             min_resource=1, reduction_factor=3)),
@@ -181,6 +182,7 @@ def methods() -> dict[str, tuple[str, Any]]:
             min_resource=3, reduction_factor=3)),
         "optuna sha eta 2": ("optuna", lambda: optuna.pruners.SuccessiveHalvingPruner(
             min_resource=1, reduction_factor=2)),
+        "optuna sha defaults": ("optuna", lambda: optuna.pruners.SuccessiveHalvingPruner()),
         "optuna hyperband": ("optuna", lambda: optuna.pruners.HyperbandPruner(
             min_resource=1, max_resource=MAX_EPOCHS, reduction_factor=3)),
     }
@@ -226,7 +228,8 @@ def plot(curves_by_seed: dict[int, dict[str, Curve]], configs: list[dict[str, An
     ax.set_xlabel("epoch (rungs at 1, 3, 9; complete at 27)")
     ax.set_ylabel("validation accuracy")
     ax.set_ylim(0, 1.0)
-    ax.set_title(f"ASHA ({spec.spec.early_stopping.settings}) on the reference trainer, seed {seed}\n"
+    ax.set_title(f"ASHA (the defaults with maxResource {MAX_EPOCHS}: reductionFactor 3, minResource 1) "
+                 f"on the reference trainer, seed {seed}\n"
                  f"blue: ran to the end; red x: pruned (EarlyStopped); purple x: Diverged; "
                  f"grey: the rest of a pruned curve", fontsize=9)
     fig.tight_layout()

@@ -73,7 +73,38 @@ def test_asha_rank_and_cut_off():
     third = record(5, [0.65])  # rank 3 of 6
     decision = asha.decide(third, peers + [third])
     assert decision.message == ("asha rule at rung 0 (step 1): val_loss 0.65 ranks 3 of 6 trials at that rung; "
-                                "only the top 2 (1/3) continue, the cut-off is 0.6")
+                                "only the top 2 (1/3, rounded up) continue, the cut-off is 0.6")
+
+
+def test_asha_keeps_the_top_third_rounded_up_so_a_stop_is_never_stricter_than_asha():
+    # ASHA would pause the 2nd of 4 and promote it once the rung grows; a stop cannot be undone,
+    # so the top ceil(4/3) = 2 continue (floor(4/3) = 1 would cut it), and the 3rd stops.
+    asha = AshaStopper(ACCURACY, {"maxResource": 27})
+    peers = [record(i, [v], "Pruned", metric="val_accuracy") for i, v in enumerate([0.9, 0.5, 0.4])]
+    second = record(3, [0.6], metric="val_accuracy")
+    assert asha.decide(second, peers + [second]) is None
+    third = record(3, [0.45], metric="val_accuracy")
+    assert asha.decide(third, peers + [third]).message == (
+        "asha rule at rung 0 (step 1): val_accuracy 0.45 ranks 3 of 4 trials at that rung; "
+        "only the top 2 (1/3, rounded up) continue, the cut-off is 0.5")
+    tied = record(3, [0.5], metric="val_accuracy")  # ties with the last place continue
+    assert asha.decide(tied, peers + [tied]) is None
+
+
+@pytest.mark.parametrize("settings, first_rung", [
+    ({"maxResource": 27}, 1),                                     # rungs 1, 3, 9
+    ({"maxResource": 100}, 4),                                    # rungs 4, 12, 36: not 1, 3, 9, 27, 81
+    ({"maxResource": 1000, "reductionFactor": 4}, 16),            # rungs 16, 64, 256
+    ({"maxResource": 100, "minResource": 1}, 1),                  # a setting wins
+    ({}, 1),                                                      # no maxResource: from step 1
+])
+def test_asha_first_rung_defaults_to_max_resource_over_eta_cubed(settings, first_rung):
+    asha = AshaStopper(LOSS, settings)
+    leader = record(0, [0.1] * first_rung, "Succeeded")
+    before = record(1, [0.9] * (first_rung - 1))
+    assert asha.decide(before, [leader, before]) is None  # not judged before the first rung
+    at = record(1, [0.9] * first_rung)
+    assert asha.decide(at, [leader, at]).message.startswith(f"asha rule at rung 0 (step {first_rung}):")
 
 
 def test_asha_first_trial_at_a_rung_continues_and_the_second_must_beat_it():
@@ -131,6 +162,8 @@ def test_hyperband_deals_trials_to_brackets_and_compares_within_a_bracket():
     (MedianStopper, {"minTrials": 0}, "minTrials", "at least 1"),
     (MedianStopper, {"warmup": 3}, "warmup", "unknown setting for early-stopping rule median; allowed: warmupSteps ("),
     (DivergenceGuard, {"factor": 1.0}, "factor", "must be a number greater than 1, got 1.0"),
+    (DivergenceGuard, {"peerFactor": 0.5}, "peerFactor", "must be a number greater than 1, got 0.5"),
+    (DivergenceGuard, {"minPeers": 0}, "minPeers", "must be a whole number of at least 1, got 0"),
 ])
 def test_settings_are_checked_with_the_key_named(cls, settings, key, message):
     with pytest.raises(SettingsError) as error:
@@ -163,6 +196,59 @@ def test_divergence_guard_watches_losses_not_a_maximized_objective():
     assert guard.decide(rising, [rising]) is None
     exploding = record(1, [0.1, 0.1], metric="val_accuracy", train_loss=[2.3, 40.0])
     assert "train_loss 40 is more than 10x its first value 2.3" in guard.decide(exploding, [exploding]).message
+
+
+def peers_at_step_1(values: list[float]) -> list[TrialRecord]:
+    """Trials whose first report (step 1) has the given train_loss, then improve."""
+    return [record(10 + i, [0.5, 0.6], "Succeeded", metric="val_accuracy", train_loss=[v, v / 2])
+            for i, v in enumerate(values)]
+
+
+def test_divergence_guard_stops_a_first_report_far_above_its_peers():
+    guard = DivergenceGuard(ACCURACY, {})
+    peers = peers_at_step_1([2.3, 2.29, 1.1, 0.8, 2.31])
+    blown = record(0, [0.28], metric="val_accuracy", train_loss=[418.2])  # nothing of its own to compare with
+    assert guard.decide(blown, [blown]) is None
+    assert guard.decide(blown, peers + [blown]).message == (
+        "divergence guard at step 1: train_loss 418.2, its first report, is more than 100x the median 2.29 "
+        "of 5 other trials at that step")
+    assert guard.decide(blown, peers[:4] + [blown]) is None  # fewer than minPeers (5) trials at that step
+    assert DivergenceGuard(ACCURACY, {"minPeers": 4}).decide(blown, peers[:4] + [blown]) is not None
+
+
+def test_divergence_guard_spares_slow_and_spiky_starters():
+    guard = DivergenceGuard(ACCURACY, {})
+    fast_peers = peers_at_step_1([0.3, 0.25, 0.4, 0.35, 0.3])
+    slow_sgd = record(0, [0.1, 0.2], metric="val_accuracy", train_loss=[2.303, 2.29])  # 7.7x: not diverged
+    assert guard.decide(slow_sgd, fast_peers + [slow_sgd]) is None
+    # A large-learning-rate Adam run on the reference trainer: 73 after a first-epoch spike, then 95% accuracy.
+    spiky_adam = record(1, [0.83, 0.89], metric="val_accuracy", train_loss=[72.6, 0.9])
+    assert guard.decide(spiky_adam, peers_at_step_1([2.3, 2.29, 2.3, 1.1, 2.31]) + [spiky_adam]) is None
+
+
+def test_divergence_guard_compares_first_reports_only_at_the_earliest_step():
+    guard = DivergenceGuard(ACCURACY, {})
+    peers = [record(10 + i, [0.5] * 22, "Succeeded", metric="val_accuracy",
+                    train_loss=[2.3] + [0.006] * 21) for i in range(5)]
+    # A slow SGD run first seen at epoch 22 (a 0.5 s scrape missed the rest): 230x the others
+    # there, yet not diverged. Later steps are not compared: learners are orders of magnitude apart.
+    late = TrialRecord("t-0000", 0, {}, "Running", history=(Report(22, {"val_accuracy": 0.4, "train_loss": 1.405}),))
+    assert guard.decide(late, peers + [late]) is None
+    blown = TrialRecord("t-0001", 1, {}, "Running", history=(Report(1, {"val_accuracy": 0.1, "train_loss": 418.0}),))
+    assert "train_loss 418, its first report, is more than 100x the median 2.3 of 5 other trials" in (
+        guard.decide(blown, peers + [blown]).message)
+    # Peers seen only from step 3 on say nothing about step 1.
+    unseen = [TrialRecord(f"s-{i}", 20 + i, {}, "Running", history=(Report(3, {"train_loss": 0.3}),)) for i in range(5)]
+    assert guard.decide(blown, unseen + [blown]) is None
+
+
+def test_a_trainer_that_exits_after_blowing_up_in_its_first_epoch_ends_as_diverged():
+    from kubetune.stoppers import diverged
+
+    study = make_study(objective={"metric": "val_accuracy", "goal": "maximize"})
+    exited = record(0, [0.17], "Failed", metric="val_accuracy", train_loss=[725.6])
+    assert diverged(study, exited) is None  # alone, its only report looks finite and sane
+    assert diverged(study, exited, peers_at_step_1([2.3, 2.29, 1.1, 0.8, 2.31]) + [exited]).reason == "Diverged"
 
 
 def test_the_guard_is_on_by_default_composes_with_a_rule_and_can_be_disabled():

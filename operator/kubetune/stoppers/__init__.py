@@ -47,16 +47,17 @@ def decide(stoppers: Sequence[Stopper], trial: TrialRecord, trials: Sequence[Tri
     return None
 
 
-def diverged(study: HyperparameterStudy, trial: TrialRecord) -> Optional[Decision]:
+def diverged(study: HyperparameterStudy, trial: TrialRecord, trials: Sequence[TrialRecord] = ()) -> Optional[Decision]:
     """The guard's verdict on a trial that ended on its own with an error.
 
     A trainer may notice its own divergence and exit non-zero (the reference trainer exits 3)
     before an observer could stop it. When its reports show the divergence, the bodies record
     it as the guard would have: Pruned with reason Diverged, not Failed (which would count
-    towards maxFailedTrials and be retried).
+    towards maxFailedTrials and be retried). Given the study's other `trials`, a first report
+    far above theirs at the same step counts too (a run that blew up in its first epoch).
     """
     guard = next((s for s in make_stoppers(study) if isinstance(s, DivergenceGuard)), None)
-    return guard.decide(trial, ()) if guard is not None else None
+    return guard.decide(trial, trials) if guard is not None else None
 
 
 def max_resource(study: HyperparameterStudy) -> Optional[int]:

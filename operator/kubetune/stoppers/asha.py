@@ -1,10 +1,20 @@
 """Asynchronous successive halving (ASHA, Li et al. 2020) and Hyperband (brackets of ASHA).
 
 The resource is the step trials report (epochs for the reference trainer). Rungs sit at
-minResource * eta^k below maxResource. A trial that has reached a rung continues only while
-it is in the top 1/eta (at least one) of all trials that reported a value at that rung, a
-tie with the last place counting as in; otherwise it stops. A trial's value at a rung is its first report at or past the rung's step
-(an observer may have missed the exact step).
+minResource * eta^k below maxResource; minResource defaults to maxResource / eta^3 rounded up
+(at least 1): then there are at most three rungs, and every trial gets at least 1/eta^3 of
+a complete training. A trial that has reached a rung continues only while fewer than 1/eta of
+the trials that reported a value at that rung (itself included) are better than it: the top
+ceil(n/eta) of n continue, ties with the last place included. A trial's value at a rung is its
+first report at or past the rung's step (an observer may have missed the exact step).
+
+Why ceil(n/eta), not floor(n/eta) as in ASHA's promotion rule (Li et al. 2020, Algorithm 2)
+and Optuna's SuccessiveHalvingPruner: ASHA pauses a trial that is not yet in the top floor(n/eta) and may promote it later, when
+more trials have reached the rung. A stopping rule cannot resume a trial, so it must decide
+when the trial arrives; floor(n/eta) then lets fewer than 1/eta through (1 of 4, 1 of 5 for
+eta 3) and cuts slow starters that ASHA would have promoted. ceil(n/eta) is, up to
+interpolation, the (1 - 1/eta)-quantile cut-off of the stopping variants of Ray Tune's
+ASHAScheduler and Syne Tune's ASHA.
 
 Being stateless, the rule compares a trial at the highest rung it has reached until it
 reaches the next one: a trial that passed a rung may still be stopped before the next rung
@@ -24,8 +34,9 @@ from kubetune.trials import TrialRecord
 class AshaStopper(Stopper):
     name = "asha"
     settings_help = {
-        "reductionFactor": "eta: the top 1/eta of the trials at a rung continue, default 3",
-        "minResource": "the step of the first rung, default 1",
+        "reductionFactor": "eta: the top 1/eta (rounded up) of the trials at a rung continue, default 3",
+        "minResource": "the step of the first rung, default maxResource / reductionFactor^3 rounded up "
+                       "(at most three rungs), or 1 without maxResource",
         "maxResource": "the step at which a trial is complete (for example the epochs), "
                        "passed to trials as ${study.maxResource} and KUBETUNE_MAX_RESOURCE",
     }
@@ -33,8 +44,8 @@ class AshaStopper(Stopper):
     def __init__(self, objective: Objective, settings: Mapping[str, Any]) -> None:
         super().__init__(objective, settings)
         self.eta = int_setting(settings, "reductionFactor", 3, 2)
-        self.min_resource = int_setting(settings, "minResource", 1, 1)
         self._max_resource = int_setting(settings, "maxResource", None, 1)
+        self.min_resource = int_setting(settings, "minResource", default_min_resource(self._max_resource, self.eta), 1)
         if self._max_resource is not None and self._max_resource <= self.min_resource:
             raise SettingsError("maxResource", (
                 f"must be greater than minResource={self.min_resource}, got {self._max_resource}"))
@@ -73,15 +84,15 @@ class AshaStopper(Stopper):
                 value = value_at_or_past(self.curve(other), rung_step)
                 if value is not None:
                     at_rung.append(self.score(value))
-        keep = max(1, len(at_rung) // self.eta)
-        cut_off = sorted(at_rung)[keep - 1]
-        if mine <= cut_off:  # ties with the cut-off continue (accuracies on a small set tie often)
+        rank = 1 + sum(score < mine for score in at_rung)  # ties share the better rank
+        keep = -(-len(at_rung) // self.eta)  # ceil(n/eta): fewer than n/eta trials are better
+        if rank <= keep:
             return None
-        rank = 1 + sum(score < mine for score in at_rung)
+        cut_off = sorted(at_rung)[keep - 1]
         metric = self.objective.metric
         return Decision(EARLY_STOPPED, (
             f"{rule} at rung {k} (step {rung_step}): {metric} {self.shown(mine)} ranks {rank} of "
-            f"{len(at_rung)} trials at that rung; only the top {keep} (1/{self.eta}) continue, "
+            f"{len(at_rung)} trials at that rung; only the top {keep} (1/{self.eta}, rounded up) continue, "
             f"the cut-off is {self.shown(cut_off)}"))
 
 
@@ -117,6 +128,15 @@ class HyperbandStopper(AshaStopper):
         bracket = self.bracket(trial.index)
         peers = [t for t in trials if self.bracket(t.index) == bracket]
         return self._halve(trial, peers, self.min_resource * self.eta ** bracket, f"hyperband rule (bracket {bracket})")
+
+
+def default_min_resource(max_resource: Optional[int], eta: int) -> int:
+    """ceil(maxResource / eta^3), at least 1: at most three rungs below maxResource, as in the
+    1-3-9-27 schedule of Hyperband's most aggressive bracket. A first rung at 1 of 1,000 steps
+    would rank trials on noise; without maxResource the first rung is step 1."""
+    if max_resource is None:
+        return 1
+    return max(1, -(-max_resource // eta ** 3))
 
 
 def _interleave(shares: Sequence[int]) -> list[int]:
