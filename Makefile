@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test prometheus crds chart images e2e-kind e2e-kind-clean bench-runner bench-operator bench-strategies bench-stopping clean
+.PHONY: run test prometheus crds chart images e2e-kind e2e-kind-clean bench-runner bench-operator bench-strategies bench-stopping bench-lr-range clean
 
 # Every package at the version in constraints.txt. torch==2.13.0 is installed first and alone:
 # on our machines pip finds its CPU wheel locally; elsewhere add
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[cluster,trainer,dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[cluster,trainer,dev,plots]"
 	touch $@
 
 ## run: a real study of the reference PyTorch trainer on this machine (examples/digits)
@@ -65,6 +65,10 @@ bench-runner: $(BENCH_STAMP)
 ## bench-stopping: epochs spent and best accuracy of median, ASHA and Hyperband beside Optuna's pruners, reference trainer, 5 seeds (~3 min on 2 cores)
 bench-stopping: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench_stopping.py
+
+## bench-lr-range: the learning-rate range test's rules beside a 20-trial random search over lr, reference trainer, Adam and SGD (~1.5 min on 2 cores)
+bench-lr-range: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/bench_lr_range.py
 
 ## bench-operator: the kopf operator against the emulated API: study -> first Job, pod done -> next Job, requests per trial, memory with 1,000 live trials (~1 min)
 bench-operator: $(BENCH_STAMP)

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from kubetune.api.models import TrialSpec
 from kubetune.cluster.builders import build_job, build_trial
 from kubetune.cluster.observe import observe_job, parse_termination
 from kubetune.cluster.prometheus import parse_result, study_query
@@ -39,13 +40,15 @@ def gpu_study(**spec):
 
 
 def trial_body(study, index=3, parameters=None):
-    body = build_trial(study, STUDY_BODY, f"quad-{index:04d}", index, parameters or {"x": 0.25})
+    spec = TrialSpec(study="quad", index=index, parameters=parameters or {"x": 0.25})
+    body = build_trial(study, STUDY_BODY, f"quad-{index:04d}", spec)
     body["metadata"]["uid"] = "trial-uid"
     return body
 
 
 def test_trial_is_owned_by_its_study_and_labelled():
-    body = build_trial(gpu_study(), STUDY_BODY, "quad-0003", 3, {"x": 0.25}, rerun_of="quad-0001")
+    spec = TrialSpec(study="quad", index=3, parameters={"x": 0.25}, rerun_of="quad-0001")
+    body = build_trial(gpu_study(), STUDY_BODY, "quad-0003", spec)
     assert body["metadata"]["ownerReferences"] == [{
         "apiVersion": "kubetune.io/v1alpha1", "kind": "HyperparameterStudy", "name": "quad", "uid": "study-uid",
         "controller": True, "blockOwnerDeletion": True}]
@@ -102,6 +105,30 @@ def pod(phase="Pending", name="quad-0003-abc", created="2026-01-01T00:00:00Z", c
     return {"metadata": {"name": name, "creationTimestamp": created},
             "status": {"phase": phase, "conditions": list(conditions),
                        "containerStatuses": [{"name": "trial", **container_state}]}}
+
+
+def test_a_scaled_trial_runs_with_the_scaled_rate_and_sees_the_raw_one():
+    template = {"template": {"spec": {"containers": [{
+        "name": "trial", "image": "kubetune-trial:0.1.0", "command": ["kubetune-train"],
+        "args": ["--lr=${params.lr}", "--batch-size=${params.batch_size}", "--base-lr=${raw.lr}"]}]}}}
+    study = make_study([{"name": "lr", "type": "float", "min": 1e-4, "max": 1.0, "scale": "log"},
+                        {"name": "batch_size", "type": "int", "min": 16, "max": 256, "scale": "pow2"}],
+                       trialTemplate=template, lrScaling={"rule": "linear", "baseBatchSize": 32})
+    study.metadata.namespace = "ml"
+    spec = TrialSpec(study="quad", index=0, parameters={"lr": 0.01, "batch_size": 128},
+                     effective_parameters={"lr": 0.04, "batch_size": 128},
+                     lr_range_test={"minLr": 1e-7, "maxLr": 10, "steps": 100, "beta": 0.98, "stopFactor": 4})
+    body = build_trial(study, STUDY_BODY, "quad-0000", spec)
+    assert body["spec"]["effectiveParameters"] == {"lr": 0.04, "batch_size": 128}
+    body["metadata"]["uid"] = "trial-uid"
+    container = build_job(study, body)["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["--lr=0.04", "--batch-size=128", "--base-lr=0.01"]
+    env = {v["name"]: v["value"] for v in container["env"]}
+    assert json.loads(env["KUBETUNE_PARAMS"]) == {"lr": 0.04, "batch_size": 128}
+    assert json.loads(env["KUBETUNE_RAW_PARAMS"]) == {"lr": 0.01, "batch_size": 128}
+    assert env["KUBETUNE_PARAM_LR"] == "0.04"
+    assert json.loads(env["KUBETUNE_LR_RANGE_TEST"]) == {"minLr": 1e-7, "maxLr": 10, "steps": 100, "beta": 0.98,
+                                                         "stopFactor": 4}
 
 
 def test_no_job_yet_is_pending():

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kubetune import stages
+from kubetune.api.validation import load_study_file
+
 from conftest import ROOT, write_manifest
 
 EXAMPLES = sorted((ROOT / "examples").glob("**/*.yaml"))
@@ -37,21 +40,23 @@ def shrunk(example: Path, tmp_path: Path, max_trials: int, **changes) -> Path:
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_example_runs_and_resumes_with_a_larger_budget(example, tmp_path):
     output = tmp_path / "out"
-    first = kubetune("run", str(shrunk(example, tmp_path, 2)), "-o", str(output), cwd=tmp_path)
+    # At least one trial per stage (a study without stages is one).
+    budget = max(2, len(stages.stages(load_study_file(example))))
+    first = kubetune("run", str(shrunk(example, tmp_path, budget)), "-o", str(output), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "best trial" in first.stdout
     status = json.loads((output / "status.json").read_text())
-    assert status["phase"] == "Succeeded" and status["trials"]["succeeded"] == 2
+    assert status["phase"] == "Succeeded" and status["trials"]["succeeded"] == budget
     metric = yaml.safe_load(example.read_text())["spec"]["objective"]["metric"]
     assert status["bestTrial"]["objective"] == status["bestTrial"]["metrics"][metric]
     first_trials = {p.parent.name: p.read_text() for p in output.glob("trials/*/trial.json")}
 
     # Raising maxTrials continues the finished study: one more trial, the first two untouched.
-    second = kubetune("run", str(shrunk(example, tmp_path, 3)), "-o", str(output), cwd=tmp_path)
+    second = kubetune("run", str(shrunk(example, tmp_path, budget + 1)), "-o", str(output), cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert "resuming: 2 trials on record" in second.stderr
+    assert f"resuming: {budget} trials on record" in second.stderr
     trials = {p.parent.name: p.read_text() for p in output.glob("trials/*/trial.json")}
-    assert len(trials) == 3
+    assert len(trials) == budget + 1
     assert all(trials[name] == text for name, text in first_trials.items())
     history = (output / "trials" / sorted(trials)[-1] / "history.csv").read_text().splitlines()
     assert history[0] == "step,train_loss,val_accuracy,val_loss" and len(history) == 3  # header + 2 epochs

@@ -400,3 +400,43 @@ def test_the_operator_command_serves_health_and_metrics_and_runs_studies(cluster
         process.terminate()
         _, stderr = process.communicate(timeout=30)
     assert "Traceback" not in stderr, stderr[-3000:]
+
+
+def test_a_staged_study_with_a_range_test_runs_and_survives_a_restart(cluster, operator):
+    first = operator()
+    manifest = study(parameters=[{"name": "lr", "type": "float", "min": 1e-4, "max": 1.0, "scale": "log"},
+                                 {"name": "x", "type": "float", "min": -1.0, "max": 1.0}],
+                     stagePreset={"name": "priority", "lrRangeTest": {"maxLr": 1.0}},
+                     budget={"maxTrials": 3, "parallelTrials": 1})
+    manifest["spec"]["trialTemplate"]["template"]["spec"]["containers"][0]["args"] += ["--lr=${params.lr}"]
+    cluster.create(manifest)
+    job = wait_for(lambda: jobs(cluster).get("quad-0000"), what="the range-test Job")
+    env = {v["name"]: v.get("value") for v in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert json.loads(env["KUBETUNE_LR_RANGE_TEST"])["maxLr"] == 1.0
+    assert trials(cluster)["quad-0000"]["spec"]["stage"] == "lr-range-test"
+    # The trainer's curve, in its termination message: falling to a minimum at lr=0.1, then rising.
+    curve = [{"step": i, "metrics": {"lr": round(1e-5 * 10 ** (i / 8), 8),
+                                     "loss": round(2.3 - 2 / (1 + 10 ** (-(i - 24) / 6)) + max(0, i - 32) ** 2 / 4, 4)}}
+             for i in range(40)]
+    message = json.dumps({"metrics": curve[-1]["metrics"], "step": 39, "history": curve})
+    assert len(message) < 4096
+    make_pod(cluster, job, "Succeeded", {"state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": message}}})
+    cluster.patch_status(JOBS, NS, "quad-0000", {
+        "succeeded": 1, "startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T00:01:00Z",
+        "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": now()}]})
+    wait_for(lambda: "quad-0001" in jobs(cluster), what="the first trial of the next stage")
+    first.stop()
+    operator()  # a restart between the stages: the range test's pick must stay the same
+    for job in wait_for(lambda: unfinished_jobs(cluster), what="the running trial").values():
+        succeed(cluster, job, {"loss": loss_of(job)})
+    job = wait_for(lambda: jobs(cluster).get("quad-0002"), what="the last trial")
+    succeed(cluster, job, {"loss": loss_of(job)})
+    wait_for(phase_is(cluster, "Succeeded"), what="study Succeeded")
+    status = get_study(cluster)["status"]
+    picked = status["lrRangeTest"]["learningRate"]
+    assert 1e-3 < picked < 0.1  # the divergence rule: a tenth of where the loss turns up
+    assert [s["name"] for s in status["stages"]] == ["lr-range-test", "other"]
+    later = [t for n, t in trials(cluster).items() if n != "quad-0000"]
+    assert len(later) == 2 and {t["spec"]["parameters"]["lr"] for t in later} == {picked}
+    assert {t["spec"]["stage"] for t in later} == {"other"}
+    assert status["bestTrial"]["name"] in {t["metadata"]["name"] for t in later}

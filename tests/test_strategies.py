@@ -51,13 +51,16 @@ class TestStrategyContract:
     def test_suggestions_lie_in_the_space(self, name):
         strategy = strategy_for(name)
         history = []
-        for index in range(20):
+        count = min(20, strategy.size() or 20)
+        for index in range(count):
             suggestion = strategy.suggest(index, history)
             assert suggestion is not None
             assert list(suggestion) == [p["name"] for p in MIXED_SPACE]
             for parameter in strategy.parameters:
                 assert in_space(parameter, suggestion[parameter.name]), (parameter.name, suggestion)
             history.append(finished(index, suggestion, loss=random.Random(index).random()))
+        if strategy.size() == count:
+            assert strategy.suggest(count, history) is None
 
     def test_same_seed_and_history_give_same_suggestions(self, name):
         history = [finished(i, strategy_for(name).suggest(i, []), loss=i / 10) for i in range(5)]

@@ -32,8 +32,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_trainer(tmp_path: Path, *args: str, params: dict | None = None, name: str = "trial"
-                ) -> tuple[subprocess.CompletedProcess, dict | None]:
+def run_trainer(tmp_path: Path, *args: str, params: dict | None = None, name: str = "trial",
+                range_test: str | None = None) -> tuple[subprocess.CompletedProcess, dict | None]:
     """Run `python -m kubetune_trainer ARGS`; return the process and the termination record."""
     termination = tmp_path / f"{name}.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBETUNE_")}
@@ -41,6 +41,8 @@ def run_trainer(tmp_path: Path, *args: str, params: dict | None = None, name: st
     env["KUBETUNE_METRICS_PORT"] = str(free_port())
     if params is not None:
         env["KUBETUNE_PARAMS"] = json.dumps(params)
+    if range_test is not None:
+        env["KUBETUNE_LR_RANGE_TEST"] = range_test
     proc = subprocess.run([sys.executable, "-m", "kubetune_trainer", *args], env=env,
                           capture_output=True, text=True, timeout=RUN_TIMEOUT)
     record = json.loads(termination.read_text()) if termination.exists() else None
@@ -133,6 +135,54 @@ def test_mixed_precision_path_runs_on_cpu(tmp_path, precision):
     assert record["metrics"]["val_accuracy"] > 0.8
 
 
+def test_range_test_reports_a_growing_learning_rate_instead_of_training(tmp_path):
+    config = {"minLr": 1e-4, "maxLr": 0.1, "steps": 40}
+    proc, record = run_trainer(tmp_path, "--optimizer=adam", "--lr=5", "--epochs=50", range_test=json.dumps(config))
+    assert proc.returncode == 0, proc.stderr
+    history = record["history"]
+    assert [entry["step"] for entry in history] == list(range(40))  # 40 steps: ~2 passes over the data
+    lrs = [entry["metrics"]["lr"] for entry in history]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(0.1)
+    assert all(b / a == pytest.approx(1e3 ** (1 / 39)) for a, b in zip(lrs, lrs[1:]))
+    for entry in history:
+        assert set(entry["metrics"]) == {"lr", "loss", "raw_loss"}
+    losses = [entry["metrics"]["loss"] for entry in history]
+    assert losses[0] == history[0]["metrics"]["raw_loss"]  # bias-corrected: no pull towards 0
+    assert min(losses) < losses[0] - 0.5  # Adam at these rates learns digits quickly
+    assert "learning-rate range test" in proc.stderr and "reached maxLr=0.1" in proc.stderr
+    assert "val_accuracy" not in record["metrics"]  # no training, no evaluation
+
+
+def test_range_test_stops_when_the_loss_blows_up(tmp_path):
+    proc, record = run_trainer(tmp_path, "--optimizer=sgd", range_test='{"minLr": 1e-3, "maxLr": 1e6, "steps": 60}')
+    assert proc.returncode == 0, proc.stderr  # a blow-up is how a range test ends, not a failure
+    history = record["history"]
+    assert 5 < len(history) < 60
+    assert all(math.isfinite(v) for entry in history for v in entry["metrics"].values())
+    losses = [entry["metrics"]["loss"] for entry in history]
+    ended = proc.stderr.splitlines()[-1]
+    assert "learning-rate range test done:" in ended
+    if "smoothed loss" in ended:  # stopped by stopFactor: the last point is over 4x the lowest
+        assert losses[-1] > 4 * min(losses)
+    else:
+        assert "loss nan" in ended or "loss inf" in ended
+
+
+def test_range_test_flag_uses_the_default_range(tmp_path):
+    proc, record = run_trainer(tmp_path, "--lr-range-test", "--optimizer=sgd", "--batch-size=256")
+    assert proc.returncode == 0, proc.stderr
+    assert "minLr=1e-07 maxLr=10 steps=100 beta=0.98 stopFactor=4" in proc.stderr
+    assert record["history"][0]["metrics"]["lr"] == pytest.approx(1e-7)
+    assert len(record["history"]) <= 100
+
+
+def test_bad_range_test_setting_exits_2(tmp_path):
+    proc, record = run_trainer(tmp_path, range_test='{"minLr": 1, "maxLr": 0.1}')
+    assert proc.returncode == 2
+    assert "KUBETUNE_LR_RANGE_TEST: maxLr must be > minLr (1), got 0.1" in proc.stderr
+    assert record is None
+
+
 def test_console_script(tmp_path):
     script = Path(sys.executable).with_name("kubetune-train")
     if not script.exists():
@@ -146,6 +196,8 @@ def test_console_script(tmp_path):
 
 def test_main_returns_exit_codes(capsys):
     assert train.main(["--help"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--lr-range-test" in shown and "ignored in a learning-rate range test" in shown
     assert train.main(["--epochs", "0"]) == 2
     assert "argument --epochs: must be >= 1" in capsys.readouterr().err
 
@@ -154,6 +206,43 @@ def test_resolve_precedence():
     args = train.resolve(["--lr=0.1"], {"lr": 0.5, "batch_size": 16, "warmup-epochs": 1})
     assert args.lr == 0.1 and args.batch_size == 16 and args.warmup_epochs == 1.0
     assert args.epochs == 10 and args.optimizer == "adam" and args.threads is None
+
+
+def test_resolve_range_test_from_flag_only_when_asked():
+    assert train.resolve([], {}).lr_range_test is None
+    config = train.resolve(["--lr-range-test"], {}).lr_range_test
+    assert config == {"minLr": 1e-7, "maxLr": 10.0, "steps": 100, "beta": 0.98, "stopFactor": 4.0}
+
+
+def test_range_test_smooths_and_stops_at_the_stop_factor():
+    raw = [2.0, 1.0, 0.5, 0.5, 3.0, 50.0, 1.0]
+    config = {"minLr": 1e-3, "maxLr": 1.0, "steps": 7, "beta": 0.5, "stopFactor": 4.0}
+    reports, lrs = [], []
+
+    def step(batch, lr):
+        lrs.append(lr)
+        return raw[batch]
+
+    assert train.range_test(config, iter(range(7)), step, lambda **kw: reports.append(kw)) == train.EXIT_OK
+    assert lrs == pytest.approx([1e-3 * 1e3 ** (i / 6) for i in range(6)])
+    # avg_i = 0.5 avg_{i-1} + 0.5 loss_i; smoothed_i = avg_i / (1 - 0.5 ** (i + 1))
+    expected, avg = [], 0.0
+    for i, loss in enumerate(raw[:6]):
+        avg = 0.5 * avg + 0.5 * loss
+        expected.append(avg / (1 - 0.5 ** (i + 1)))
+    assert [r["loss"] for r in reports] == pytest.approx(expected)
+    assert [r["raw_loss"] for r in reports] == raw[:6]
+    # The step whose smoothed loss passes 4x the lowest is reported, and the test ends there.
+    assert expected[5] > 4 * min(expected[:5]) and expected[4] <= 4 * min(expected[:4])
+    assert [r["step"] for r in reports] == list(range(6))
+
+
+def test_range_test_does_not_report_a_non_finite_loss():
+    config = {"minLr": 1e-3, "maxLr": 1.0, "steps": 10, "beta": 0.9, "stopFactor": 4.0}
+    raw = [2.0, 1.5, float("nan"), 1.0]
+    reports = []
+    train.range_test(config, iter(range(10)), lambda batch, lr: raw[batch], lambda **kw: reports.append(kw))
+    assert [r["step"] for r in reports] == [0, 1]
 
 
 def test_bundled_digits_match_sklearn():

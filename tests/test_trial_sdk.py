@@ -138,8 +138,73 @@ def test_termination_message_fits_the_kubelet_limit_keeping_final_metrics(monkey
     assert len(message.encode()) <= trial.POD_TERMINATION_LIMIT
     record = json.loads(message)
     assert record["metrics"] == {"val_loss": 1.0 / 500, "val_accuracy": 499 / 500}
-    assert record["history"][-1]["step"] == 499
     assert len(json.loads(reporter.termination_message(None))["history"]) == 500
+    # The history is thinned evenly over the whole run, not cut to its latest reports.
+    steps = [entry["step"] for entry in record["history"]]
+    assert steps[0] == 0 and steps[-1] == 499
+    assert len(steps) >= 16
+    strides = {b - a for a, b in zip(steps, steps[1:-1])}
+    assert len(strides) == 1  # evenly spaced, apart from the step to the last report
+    assert 0 < steps[-1] - steps[-2] <= strides.pop()
+
+
+def test_a_range_test_curve_survives_the_kubelet_limit(monkeypatch):
+    monkeypatch.setenv("KUBETUNE_METRICS_PORT", str(free_port()))
+    reporter = trial._Reporter()
+    for step in range(100):
+        lr = 1e-7 * 1e8 ** (step / 99)
+        reporter.report(step, {"lr": lr, "loss": 2.3 / (1 + step / 10) + step / 1000, "raw_loss": 2.3 / (1 + step / 7)})
+    record = json.loads(reporter.termination_message(trial.POD_TERMINATION_LIMIT))
+    history = record["history"]
+    assert history[0]["step"] == 0 and history[-1]["step"] == 99
+    assert len(history) >= 25
+    lrs = [entry["metrics"]["lr"] for entry in history]
+    assert lrs == sorted(lrs) and lrs[0] == 1e-7 and lrs[-1] == pytest.approx(10.0)
+
+
+def test_a_single_huge_report_still_leaves_the_final_metrics(monkeypatch):
+    monkeypatch.setenv("KUBETUNE_METRICS_PORT", str(free_port()))
+    reporter = trial._Reporter()
+    reporter.report(1, {f"metric_{i}": float(i) for i in range(60)})
+    reporter.report(2, {f"metric_{i}": float(i) for i in range(60)})
+    record = json.loads(reporter.termination_message(2048))
+    assert record["history"] == [] and record["step"] == 2 and len(record["metrics"]) == 60
+
+
+def test_lr_range_test_is_off_without_the_variable(monkeypatch):
+    monkeypatch.delenv("KUBETUNE_LR_RANGE_TEST", raising=False)
+    assert trial.lr_range_test() is None
+    monkeypatch.setenv("KUBETUNE_LR_RANGE_TEST", " ")
+    assert trial.lr_range_test() is None
+
+
+def test_lr_range_test_fills_in_defaults(monkeypatch):
+    monkeypatch.setenv("KUBETUNE_LR_RANGE_TEST", "{}")
+    assert trial.lr_range_test() == {"minLr": 1e-7, "maxLr": 10.0, "steps": 100, "beta": 0.98, "stopFactor": 4.0}
+    monkeypatch.setenv("KUBETUNE_LR_RANGE_TEST", json.dumps({"minLr": 1e-5, "maxLr": 1, "steps": 50.0}))
+    config = trial.lr_range_test()
+    assert config == {"minLr": 1e-5, "maxLr": 1.0, "steps": 50, "beta": 0.98, "stopFactor": 4.0}
+    assert isinstance(config["steps"], int)
+    monkeypatch.setenv("KUBETUNE_LR_RANGE_TEST", json.dumps({"steps": 20, "rule": "valley"}))
+    assert trial.lr_range_test()["steps"] == 20  # keys it does not use are ignored
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("{minLr: 1}", "KUBETUNE_LR_RANGE_TEST is not valid JSON"),
+    ("[1e-7, 10]", "must hold a JSON object, got list"),
+    ('{"minLr": 0}', "minLr must be > 0, got 0"),
+    ('{"minLr": 1, "maxLr": 0.5}', r"maxLr must be > minLr \(1\), got 0.5"),
+    ('{"steps": 4}', "steps must be >= 5, got 4"),
+    ('{"steps": 10.5}', "steps must be a whole number, got 10.5"),
+    ('{"beta": 1}', r"beta must be in \[0, 1\), got 1"),
+    ('{"stopFactor": 1}', "stopFactor must be > 1, got 1"),
+    ('{"maxLr": "10"}', "maxLr must be a finite number, got '10'"),
+    ('{"steps": true}', "steps must be a finite number, got True"),
+])
+def test_bad_lr_range_test_is_a_clear_error(monkeypatch, raw, message):
+    monkeypatch.setenv("KUBETUNE_LR_RANGE_TEST", raw)
+    with pytest.raises(ValueError, match=message):
+        trial.lr_range_test()
 
 
 def test_metrics_can_outlive_the_program_for_a_last_scrape(tmp_path):

@@ -46,7 +46,7 @@ CASES = [
     (lambda m: m["spec"]["objective"].update(goal="minimise"), "spec.objective.goal", "'minimize' or 'maximize'"),
     (lambda m: m["spec"].pop("objective"), "spec.objective", "required field is missing"),
     (lambda m: m["spec"].update(strategy={"name": "bayes"}), "spec.strategy.name",
-     "unknown strategy 'bayes'; available: auto, bayesian, grid, random, sobol"),
+     "unknown strategy 'bayes'; available: auto, bayesian, grid, lr-range-test, random, sobol"),
     (lambda m: m["spec"].update(earlyStopping={"name": "mediam"}), "spec.earlyStopping.name",
      "unknown early-stopping rule 'mediam'; available: asha, hyperband, median"),
     (lambda m: m["spec"].update(earlyStopping={"name": "asha", "settings": {"reductionFactor": 1}}),

@@ -9,22 +9,27 @@ in the trials themselves.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
+from kubetune import scaling, stages
 from kubetune.api.models import (
     BestTrial,
     Condition,
     HyperparameterStudy,
+    LrRangeTestRun,
+    LrRangeTestStatus,
     Objective,
+    StageStatus,
     StrategyStatus,
     StudyPhase,
     StudyStatus,
     TrialCounts,
+    TrialSpec,
 )
 from kubetune.stoppers import Stopper, decide, make_stoppers
-from kubetune.strategies import Strategy, make_strategy, study_seed
+from kubetune.strategies import Strategy
 from kubetune.trials import TrialRecord, trial_name
 
 
@@ -34,6 +39,21 @@ class CreateTrial:
     index: int
     parameters: dict
     rerun_of: Optional[str] = None
+    stage: Optional[str] = None
+    #: The values the trial runs with where spec.lrScaling changes them.
+    effective_parameters: Optional[dict] = None
+    #: Set for a learning-rate range-test trial.
+    lr_range_test: Optional[LrRangeTestRun] = None
+
+    def spec(self, study: HyperparameterStudy) -> TrialSpec:
+        """The HyperparameterTrial spec both bodies write for this trial."""
+        return TrialSpec(study=study.metadata.name, index=self.index, parameters=dict(self.parameters),
+                         rerun_of=self.rerun_of, stage=self.stage, effective_parameters=self.effective_parameters,
+                         lr_range_test=self.lr_range_test)
+
+    def record(self) -> TrialRecord:
+        return TrialRecord(self.name, self.index, self.parameters, rerun_of=self.rerun_of, stage=self.stage,
+                           range_test=self.lr_range_test is not None)
 
 
 @dataclass(frozen=True)
@@ -75,11 +95,12 @@ def is_better(value: float, than: float, objective: Objective) -> bool:
 
 
 def best_trial(study: HyperparameterStudy, trials: Sequence[TrialRecord]) -> Optional[TrialRecord]:
-    """The succeeded trial with the best finite objective; ties go to the earlier trial."""
+    """The succeeded trial with the best finite objective; ties go to the earlier trial.
+    Range-test trials never count: their loss was measured at a moving learning rate."""
     objective = study.spec.objective
     best: Optional[TrialRecord] = None
     for trial in sorted(trials, key=lambda t: t.index):
-        value = trial.objective(objective)
+        value = None if trial.range_test else trial.objective(objective)
         if value is not None and (best is None or is_better(value, best.objective(objective), objective)):
             best = trial
     return best
@@ -116,7 +137,7 @@ def plan(
     active = [t for t in trials if t.active]
     # Trials stopped by a suspension or by the study ending gave no result: they do not use budget.
     used = counts.total - counts.stopped
-    strategy = make_strategy(study)
+    all_stages = stages.stages(study)
 
     actions: list[Action] = []
     phase: StudyPhase
@@ -139,36 +160,34 @@ def plan(
 
     if phase == "Running":
         # Pruned trials used their budget; their slots are free for new trials at once.
-        actions.extend(_prune(make_stoppers(study), trials))
-        running = len(active) - len(actions)
-        room = max(0, min(budget.parallel_trials - running, budget.max_trials - used))
-        created, exhausted = _new_trials(study, trials, strategy, room)
-        actions.extend(created)
-        running_after = running + len(created)
+        stops = _prune(make_stoppers(study), trials)
+        actions.extend(stops)
+        stopped = {stop.name: stop for stop in stops}
+        records = [replace(t, phase=stopped[t.name].phase) if t.name in stopped else t for t in trials]
+        running = len(active) - len(stops)
+        progress = _advance(study, all_stages, records, max(0, budget.parallel_trials - running))
+        actions.extend(progress.created)
+        running_after = running + len(progress.created)
         if running_after == 0:
-            if exhausted and used < budget.max_trials:
-                phase, reason = "Succeeded", "SearchSpaceExhausted"
-                message = f"the {strategy.name} strategy has no configurations left to try"
-            else:
-                phase, reason = "Succeeded", "MaxTrialsReached"
-                message = f"ran maxTrials={budget.max_trials} trials"
-            if best is None:
-                phase, reason = "Failed", "NoSuccessfulTrials"
-                message += "; no trial succeeded with a finite objective"
-            else:
-                message += f"; best {spec.objective.metric}={_fmt(best.objective(spec.objective))} ({best.name})"
+            phase, reason, message = _ended(study, all_stages, progress, best, used)
         else:
-            message = f"{running_after} trials running, {used + len(created)} of {budget.max_trials} started"
+            message = f"{running_after} trials running, {used + len(progress.created)} of {budget.max_trials} started"
+            if progress.current is not None and progress.current.name is not None:
+                message += f"; stage {progress.current.name}"
     else:
+        progress = _advance(study, all_stages, trials, 0)
         stop_reason = {"Succeeded": "StudySucceeded", "Failed": "StudyFailed", "Suspended": "StudySuspended"}[phase]
         for trial in sorted(active, key=lambda t: t.index):
             actions.append(StopTrial(trial.name, "Stopped", stop_reason, message))
 
+    strategy = progress.strategy
     status = StudyStatus(
         phase=phase,
         trials=counts,
         best_trial=_best_status(study, best),
-        strategy=StrategyStatus(name=strategy.name, seed=study_seed(study), chosen=strategy.chosen, reason=strategy.reason),
+        strategy=StrategyStatus(name=strategy.name, seed=strategy.seed, chosen=strategy.chosen, reason=strategy.reason),
+        stages=progress.stages if spec.stages is not None or spec.stage_preset is not None else [],
+        lr_range_test=progress.range_test,
         observed_generation=study.metadata.generation,
         start_time=previous.start_time or (timestamp(now) if (trials or actions) else None),
         completion_time=(previous.completion_time or timestamp(now)) if phase in ("Succeeded", "Failed") else None,
@@ -177,54 +196,158 @@ def plan(
     return Plan(tuple(actions), status)
 
 
+def _ended(study: HyperparameterStudy, all_stages: Sequence[stages.Stage], progress: "Progress",
+           best: Optional[TrialRecord], used: int) -> tuple[StudyPhase, str, str]:
+    """Phase, reason and message of a study with every stage over and nothing running."""
+    spec = study.spec
+    objective = spec.objective
+    if best is None and progress.range_test is not None and not progress.searched:
+        # Only a range test ran: its pick is the result.
+        if progress.range_test.learning_rate is None:
+            return "Failed", "NoLearningRate", f"the range test picked no learning rate: {progress.range_test.message}"
+        return "Succeeded", "LearningRateFound", (
+            f"{progress.range_test.parameter}={_fmt(progress.range_test.learning_rate)} by the "
+            f"{progress.range_test.rule} rule ({progress.range_test.trial})")
+    if len(all_stages) > 1:
+        phase, reason, message = "Succeeded", "StagesCompleted", f"ran {len(all_stages)} stages, {used} trials"
+    elif progress.exhausted and used < spec.budget.max_trials:
+        phase, reason = "Succeeded", "SearchSpaceExhausted"
+        message = f"the {progress.strategy.name} strategy has no configurations left to try"
+    else:
+        phase, reason, message = "Succeeded", "MaxTrialsReached", f"ran maxTrials={spec.budget.max_trials} trials"
+    if best is None:
+        return "Failed", "NoSuccessfulTrials", message + "; no trial succeeded with a finite objective"
+    return phase, reason, message + f"; best {objective.metric}={_fmt(best.objective(objective))} ({best.name})"
+
+
 def _prune(stoppers: Sequence[Stopper], trials: Sequence[TrialRecord]) -> list[StopTrial]:
-    """Stop the running trials the stoppers give up on, in index order."""
+    """Stop the running trials the stoppers give up on, in index order.
+
+    Range-test trials are neither stopped nor compared with: their loss rises on purpose."""
+    peers = [t for t in trials if not t.range_test]
     stops = []
-    for trial in sorted(trials, key=lambda t: t.index):
+    for trial in sorted(peers, key=lambda t: t.index):
         if trial.phase == "Running":
-            decision = decide(stoppers, trial, trials)
+            decision = decide(stoppers, trial, peers)
             if decision is not None:
                 stops.append(StopTrial(trial.name, "Pruned", decision.reason, decision.message))
     return stops
 
 
-def _new_trials(
-    study: HyperparameterStudy, trials: Sequence[TrialRecord], strategy: Strategy, room: int
-) -> tuple[list[CreateTrial], bool]:
-    """Up to `room` new trials: first re-runs of trials stopped unfinished, then suggestions.
+@dataclass
+class Progress:
+    created: list[CreateTrial]
+    stages: list[StageStatus]
+    strategy: Optional[Strategy]  # the running stage's (or the last stage's) strategy
+    current: Optional[stages.Stage] = None  # the stage still running, None when all are over
+    exhausted: bool = False  # the last stage's strategy had nothing left to suggest
+    range_test: Optional[LrRangeTestStatus] = None
+    searched: bool = False  # a stage other than a range test has run trials
 
-    Also says whether the strategy has nothing left to suggest.
+
+def _advance(study: HyperparameterStudy, all_stages: Sequence[stages.Stage], trials: Sequence[TrialRecord],
+             room: int) -> Progress:
+    """Walk the stages in order: finished ones fix their results, the first unfinished one gets
+    up to `room` new trials, and the ones after it wait."""
+    fixed = stages.defaults(study)
+    order = list(fixed)
+    progress = Progress([], [], None)
+    next_index = max((t.index for t in trials), default=-1) + 1
+    started = {t.stage for t in trials}
+    spent = 0
+    for position, stage in enumerate(all_stages):
+        names = {p.name for p in stage.parameters}
+        limit = stages.budget(study, all_stages, position, spent)
+        strategy = stages.make_strategy(study, stage, limit)
+        status = StageStatus(name=stage.name or "", parameters=sorted(names, key=order.index),
+                             strategy=strategy.chosen or strategy.name, phase="Pending", max_trials=limit,
+                             fixed={k: v for k, v in fixed.items() if k not in names})
+        progress.stages.append(status)
+        if progress.current is not None:
+            continue
+        progress.strategy = strategy
+        mine = [t for t in trials if stage.owns(t)]
+        used = sum(t.phase != "Stopped" for t in mine)
+        # Once a later stage has trials, this one is over for good (its results are in use).
+        later = any(s.name in started for s in all_stages[position + 1:])
+        room_here = 0 if later else min(room - len(progress.created), limit - used)
+        created, exhausted = _new_trials(study, stage, strategy, mine, room_here, status.fixed, next_index)
+        progress.created.extend(created)
+        next_index += len(created)
+        mine += [c.record() for c in created]
+        used += len(created)
+        rerun = {t.rerun_of for t in mine}
+        unfinished = any(t.active or (t.phase == "Stopped" and t.name not in rerun) for t in mine)
+        progress.exhausted = exhausted
+        status.trials = used
+        progress.searched = progress.searched or (bool(mine) and not stage.is_range_test)
+        best = best_trial(study, mine)
+        if best is not None:
+            status.best_trial, status.best_objective = best.name, best.objective(study.spec.objective)
+        if unfinished or (not later and used < limit and not exhausted):
+            status.phase = "Running"
+            progress.current = stage
+            continue
+        status.phase = "Succeeded"
+        spent += used
+        if stage.is_range_test and mine:
+            outcome = stages.range_test_outcome(study, stage, mine[-1], fixed)
+            progress.range_test = outcome.range_test
+            result, status.message = outcome.result, outcome.message
+        elif best is not None:
+            result = {k: best.parameters[k] for k in names}
+            status.message = f"best of {used} trials: {best.name}"
+        else:
+            result = {k: fixed[k] for k in names}
+            status.message = "no trial succeeded; the parameters stay at their defaults"
+        status.result = result
+        fixed.update(result)
+    return progress
+
+
+def _new_trials(
+    study: HyperparameterStudy, stage: stages.Stage, strategy: Strategy, trials: Sequence[TrialRecord],
+    room: int, fixed: dict[str, Any], next_index: int,
+) -> tuple[list[CreateTrial], bool]:
+    """Up to `room` new trials of one stage: first re-runs of its trials stopped unfinished,
+    then suggestions. Also says whether the strategy has nothing left to suggest.
 
     Strategies number their suggestions from 0 without gaps (re-runs are not suggestions),
     so a grid resumes at the right point and random search draws the same sequence as an
-    uninterrupted study would.
+    uninterrupted study would. A stage's strategy sees only its own trials and parameters.
     """
     created: list[CreateTrial] = []
-    next_index = max((t.index for t in trials), default=-1) + 1
+    run = getattr(strategy, "run_config", None)  # the range test's
     rerun = {t.rerun_of for t in trials if t.rerun_of is not None}
     for trial in sorted(trials, key=lambda t: t.index):
-        if len(created) == room:
+        if len(created) >= room:
             break
         if trial.phase == "Stopped" and trial.name not in rerun:
-            created.append(CreateTrial(trial_name(study.metadata.name, next_index), next_index,
-                                       dict(trial.parameters), rerun_of=trial.name))
-            next_index += 1
-    history = list(trials) + [TrialRecord(c.name, c.index, c.parameters, rerun_of=c.rerun_of) for c in created]
+            created.append(_create(study, stage, next_index + len(created), dict(trial.parameters), run, trial.name))
+    names = [p.name for p in stage.parameters]
+    history = [t if stage.name is None else replace(t, parameters={k: t.parameters[k] for k in names if k in t.parameters})
+               for t in list(trials) + [c.record() for c in created]]
     sequence = sum(1 for t in history if t.rerun_of is None)
     size = strategy.size()
     exhausted = size is not None and sequence >= size
     while len(created) < room and not exhausted:
-        parameters = strategy.suggest(sequence, history)
-        if parameters is None:
+        suggestion = strategy.suggest(sequence, history)
+        if suggestion is None:
             exhausted = True
             break
-        action = CreateTrial(trial_name(study.metadata.name, next_index), next_index, parameters)
+        action = _create(study, stage, next_index + len(created), {**fixed, **suggestion}, run)
         created.append(action)
-        history.append(TrialRecord(action.name, action.index, parameters))
-        next_index += 1
+        history.append(replace(action.record(), parameters=suggestion))
         sequence += 1
         exhausted = size is not None and sequence >= size
     return created, exhausted
+
+
+def _create(study: HyperparameterStudy, stage: stages.Stage, index: int, parameters: dict[str, Any],
+            run: Optional[LrRangeTestRun], rerun_of: Optional[str] = None) -> CreateTrial:
+    ordered = {p.name: parameters[p.name] for p in study.spec.parameters if p.name in parameters}
+    return CreateTrial(trial_name(study.metadata.name, index), index, ordered, rerun_of=rerun_of, stage=stage.name,
+                       effective_parameters=scaling.effective_parameters(study, ordered), lr_range_test=run)
 
 
 def _best_status(study: HyperparameterStudy, best: Optional[TrialRecord]) -> Optional[BestTrial]:
@@ -233,6 +356,7 @@ def _best_status(study: HyperparameterStudy, best: Optional[TrialRecord]) -> Opt
     return BestTrial(
         name=best.name,
         parameters=dict(best.parameters),
+        effective_parameters=scaling.effective_parameters(study, best.parameters),
         objective=best.objective(study.spec.objective),
         metrics={k: v for k, v in best.metrics.items() if math.isfinite(v)},
     )

@@ -105,3 +105,17 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)  # the shortest text that reads back as the same float
     return str(value)
+
+
+def default_value(parameter: Parameter) -> Any:
+    """The value a parameter takes while it is not searched: its default, else the middle of
+    its range (the geometric middle on log and pow2 scales) or its first value."""
+    if parameter.default is not None:
+        return parameter.default
+    if parameter.type == "categorical":
+        return parameter.values[0]
+    values = discrete_values(parameter)
+    if values is not None and parameter.scale == "pow2":
+        return values[(len(values) - 1) // 2]
+    middle = _unit_to_value(parameter, 0.5)
+    return _nearest(values, middle) if values is not None else middle

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
-from kubetune import space
-from kubetune.api.models import Container, HyperparameterStudy
+from kubetune import scaling, space
+from kubetune.api.models import Container, HyperparameterStudy, TrialSpec
 from kubetune.trial import (
+    ENV_LR_RANGE_TEST,
     ENV_METRICS_PORT,
     ENV_NAMESPACE,
     ENV_PARAMS,
+    ENV_RAW_PARAMS,
     ENV_STUDY,
     ENV_TRIAL,
 )
@@ -34,6 +36,7 @@ ENV_MAX_RESOURCE = "KUBETUNE_MAX_RESOURCE"
 
 def known_placeholders(study: HyperparameterStudy) -> list[str]:
     known = [f"params.{p.name}" for p in study.spec.parameters] + list(FIXED_PLACEHOLDERS)
+    known += [f"raw.{name}" for name in _scaled(study)]
     if max_resource(study) is not None:
         known.append(MAX_RESOURCE_PLACEHOLDER)
     return known
@@ -53,6 +56,15 @@ def max_resource(study: HyperparameterStudy) -> Optional[int]:
         return None
 
 
+def _scaled(study: HyperparameterStudy) -> list[str]:
+    """The parameter lrScaling rescales (its raw value is ${raw.NAME}), if any."""
+    try:
+        resolved = scaling.resolve(study.spec)
+    except scaling.ScalingError:
+        return []  # reported by validation
+    return [] if resolved is None else [resolved[1]]
+
+
 def template_fields(container: Container) -> list[tuple[str, str]]:
     """(path below the container, text) of every field where placeholders are substituted."""
     fields: list[tuple[str, str]] = []
@@ -69,13 +81,16 @@ def substitute(text: str, values: Mapping[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
 
 
-def placeholder_values(
-    study: HyperparameterStudy, trial: str, index: int, parameters: Mapping[str, Any]
-) -> dict[str, str]:
-    values = {f"params.{name}": space.format_value(value) for name, value in parameters.items()}
+def placeholder_values(study: HyperparameterStudy, trial: str, spec: TrialSpec) -> dict[str, str]:
+    """${params.NAME} is the value the trial runs with (the learning rate scaled by lrScaling),
+    ${raw.NAME} the searched value before scaling."""
+    running = spec.effective_parameters or spec.parameters
+    values = {f"params.{name}": space.format_value(value) for name, value in running.items()}
+    values.update({f"raw.{name}": space.format_value(spec.parameters[name])
+                   for name in _scaled(study) if name in spec.parameters})
     values.update({
         "trial.name": trial,
-        "trial.index": str(index),
+        "trial.index": str(spec.index),
         "study.name": study.metadata.name,
         "study.namespace": study.metadata.namespace or "",
     })
@@ -88,19 +103,24 @@ def placeholder_values(
 def trial_environment(
     study: HyperparameterStudy,
     trial: str,
-    parameters: Mapping[str, Any],
+    spec: TrialSpec,
     metrics_port: Optional[int] = None,
 ) -> dict[str, str]:
     """The KUBETUNE_* variables every trial gets (see kubetune.trial for the contract)."""
+    running = spec.effective_parameters or spec.parameters
     env = {
         ENV_STUDY: study.metadata.name,
         ENV_TRIAL: trial,
         ENV_NAMESPACE: study.metadata.namespace or "",
-        ENV_PARAMS: json.dumps(dict(parameters), sort_keys=True),
+        ENV_PARAMS: json.dumps(dict(running), sort_keys=True),
     }
     for p in study.spec.parameters:
-        if p.name in parameters:
-            env[p.env_name] = space.format_value(parameters[p.name])
+        if p.name in running:
+            env[p.env_name] = space.format_value(running[p.name])
+    if spec.effective_parameters is not None:
+        env[ENV_RAW_PARAMS] = json.dumps(dict(spec.parameters), sort_keys=True)
+    if spec.lr_range_test is not None:
+        env[ENV_LR_RANGE_TEST] = json.dumps(spec.lr_range_test.to_wire(), sort_keys=True)
     resource = max_resource(study)
     if resource is not None:
         env[ENV_MAX_RESOURCE] = str(resource)

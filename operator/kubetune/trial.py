@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import signal
 import sys
@@ -41,6 +42,11 @@ ENV_METRICS_ADDR = "KUBETUNE_METRICS_ADDR"
 # Keep serving /metrics this long after the program ends, so that Prometheus scrapes the last
 # values of short trials (a pod is discovered and scraped some seconds after it starts).
 ENV_METRICS_LINGER = "KUBETUNE_METRICS_LINGER_SECONDS"
+# A learning-rate range test: the trial sweeps the learning rate instead of training (a JSON
+# object, see lr_range_test()).
+ENV_LR_RANGE_TEST = "KUBETUNE_LR_RANGE_TEST"
+# The parameters as the strategy drew them, before any rewrite (such as learning-rate scaling).
+ENV_RAW_PARAMS = "KUBETUNE_RAW_PARAMS"
 
 DEFAULT_METRICS_PORT = 9464
 POD_TERMINATION_PATH = "/dev/termination-log"
@@ -81,6 +87,54 @@ def param(name: str, default: Any = None) -> Any:
 
 def env_name(name: str) -> str:
     return ENV_PARAM_PREFIX + "".join(c if c.isalnum() else "_" for c in name.upper())
+
+
+LR_RANGE_TEST_DEFAULTS: dict[str, float] = {"minLr": 1e-7, "maxLr": 10.0, "steps": 100, "beta": 0.98,
+                                             "stopFactor": 4.0}
+
+
+def lr_range_test() -> Optional[dict[str, Any]]:
+    """The learning-rate range test this trial should run, from KUBETUNE_LR_RANGE_TEST, or None.
+
+    A JSON object such as {"minLr": 1e-7, "maxLr": 10, "steps": 100, "beta": 0.98,
+    "stopFactor": 4}; missing keys take those defaults. The trial then takes `steps`
+    optimizer steps with the learning rate growing exponentially from minLr to maxLr, and
+    after each step reports trial.report(step=i, lr=lr_i, loss=smoothed_loss), where
+    smoothed_loss is the bias-corrected exponential average of the training loss with
+    factor beta. It stops once smoothed_loss exceeds stopFactor times the lowest so far, or
+    the loss is not finite. Raises ValueError for bad JSON or values.
+    """
+    raw = os.environ.get(ENV_LR_RANGE_TEST)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{ENV_LR_RANGE_TEST} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{ENV_LR_RANGE_TEST} must hold a JSON object, got {type(value).__name__}")
+    # Other keys are ignored: a newer engine may pass settings that only it uses.
+    config: dict[str, Any] = {}
+    for key, default in LR_RANGE_TEST_DEFAULTS.items():
+        number = value.get(key, default)
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise ValueError(f"{ENV_LR_RANGE_TEST}: {key} must be a finite number, got {number!r}")
+        config[key] = float(number)
+    steps = config["steps"]
+    if not steps.is_integer():
+        raise ValueError(f"{ENV_LR_RANGE_TEST}: steps must be a whole number, got {value['steps']!r}")
+    config["steps"] = int(steps)
+    checks = [
+        (config["minLr"] > 0, f"minLr must be > 0, got {config['minLr']:g}"),
+        (config["maxLr"] > config["minLr"], f"maxLr must be > minLr ({config['minLr']:g}), got {config['maxLr']:g}"),
+        (config["steps"] >= 5, f"steps must be >= 5, got {config['steps']}"),
+        (0 <= config["beta"] < 1, f"beta must be in [0, 1), got {config['beta']:g}"),
+        (config["stopFactor"] > 1, f"stopFactor must be > 1, got {config['stopFactor']:g}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(f"{ENV_LR_RANGE_TEST}: {message}")
+    return config
 
 
 class _Reporter:
@@ -132,10 +186,19 @@ class _Reporter:
             record: dict[str, Any] = {"metrics": dict(self.latest), "step": self.latest_step,
                                       "history": list(self.history)}
         text = json.dumps(record)
-        # Drop the oldest history first: the final metrics must always fit.
-        while limit is not None and len(text.encode()) > limit and record["history"]:
-            record["history"] = record["history"][len(record["history"]) // 2 + 1:]
-            text = json.dumps(record)
+        if limit is None or len(text.encode()) <= limit:
+            return text
+        # Too long for the kubelet: first write the history compactly (7 significant digits,
+        # no spaces), then thin it evenly, keeping the first and the last report, so that a
+        # long curve (a range test's hundred steps) survives as a coarser curve of the same
+        # span. The final metrics keep full precision and must always fit: at the end, the
+        # history goes altogether.
+        record["history"] = [{"step": h["step"], "metrics": {k: float(f"{v:.7g}") for k, v in h["metrics"].items()}}
+                             for h in record["history"]]
+        text = json.dumps(record, separators=(",", ":"))
+        while len(text.encode()) > limit and record["history"]:
+            record["history"] = _decimate(record["history"])
+            text = json.dumps(record, separators=(",", ":"))
         return text
 
     def _at_exit(self) -> None:
@@ -154,6 +217,15 @@ class _Reporter:
                 handle.write(self.termination_message(limit))
         except OSError as exc:
             print(f"kubetune: cannot write final metrics to {path}: {exc}", file=sys.stderr)
+
+
+def _decimate(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every other report, always keeping the first and the last; [] from one report."""
+    if len(history) <= 1:
+        return []
+    if len(history) == 2:
+        return history[-1:]
+    return history[:-1:2] + history[-1:]
 
 
 def termination_path() -> Optional[str]:

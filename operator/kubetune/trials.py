@@ -29,6 +29,9 @@ class TrialRecord:
     message: Optional[str] = None
     #: Set when this trial re-runs the parameters of a trial that was stopped unfinished.
     rerun_of: Optional[str] = None
+    #: The stage the trial belongs to (staged studies), and whether it is a learning-rate range test.
+    stage: Optional[str] = None
+    range_test: bool = False
 
     @property
     def active(self) -> bool:

@@ -8,8 +8,15 @@ command line wins over the environment, the environment over the defaults.
 Each epoch trains, evaluates on the validation split and reports train_loss, val_loss and
 val_accuracy with kubetune.trial.report(step=epoch).
 
+Learning-rate range test: with KUBETUNE_LR_RANGE_TEST set (see kubetune.trial.lr_range_test)
+or --lr-range-test given, the same model and optimizer take `steps` mini-batch steps with the
+learning rate growing exponentially from minLr to maxLr instead of training, and each step
+reports step, lr, loss (the smoothed training loss) and raw_loss; --lr is ignored
+(docs/lr-range-test.md).
+
 Exit codes: 0 done, 2 bad parameters, 3 training diverged (loss NaN/inf, or more than
-DIVERGENCE_FACTOR times the initial loss; the diverged epoch is still reported).
+DIVERGENCE_FACTOR times the initial loss; the diverged epoch is still reported). A range test
+exits 0 also when the loss blows up: that is how it ends.
 
 torch is imported only after the arguments are checked, so --help and parameter errors are
 quick; scikit-learn is not imported at all on the usual path (see load_digits).
@@ -22,7 +29,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 PROG = "kubetune-train"
 EXIT_OK = 0
@@ -109,7 +116,7 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("--lr", _checked(float, lambda v: v > 0, "> 0"), 0.01,
-           "peak learning rate, > 0"),
+           "peak learning rate, > 0; ignored in a learning-rate range test"),
     Option("--batch-size", _checked(int, lambda v: v >= 1, ">= 1"), 64,
            "mini-batch size, >= 1"),
     Option("--epochs", _checked(int, lambda v: v >= 1, ">= 1"), 10,
@@ -161,20 +168,37 @@ def build_parser() -> argparse.ArgumentParser:
         shown = "" if option.default is None else f" (default: {option.default})"
         parser.add_argument(option.flag, type=option.parse, metavar=option.metavar,
                             help=option.help + shown)
+    parser.add_argument("--lr-range-test", action="store_true",
+                        help="run a learning-rate range test instead of training: the same model and "
+                             "optimizer, the learning rate growing exponentially each step, reporting "
+                             "step, lr, loss (smoothed) and raw_loss; --lr and --epochs are ignored. "
+                             "Settings from KUBETUNE_LR_RANGE_TEST, else minLr=1e-7 maxLr=10 steps=100 "
+                             "beta=0.98 stopFactor=4. Also on when KUBETUNE_LR_RANGE_TEST is set.")
     return parser
 
 
 def resolve(argv: Optional[Sequence[str]], env_params: Optional[dict[str, Any]] = None
             ) -> argparse.Namespace:
-    """Command line, then KUBETUNE_PARAMS, then defaults. Exits 2 on a bad value."""
+    """Command line, then KUBETUNE_PARAMS, then defaults. Exits 2 on a bad value.
+
+    The result's lr_range_test is the range test to run (a dict, see
+    kubetune.trial.lr_range_test) or None. The environment (KUBETUNE_PARAMS and
+    KUBETUNE_LR_RANGE_TEST) is read only when env_params is None.
+    """
     parser = build_parser()
     given = vars(parser.parse_args(argv))
+    flagged = given.pop("lr_range_test", False)
+    range_test = None
     if env_params is None:
         try:
             from kubetune import trial
             env_params = trial.params()
+            range_test = trial.lr_range_test()
         except ValueError as exc:
             parser.error(str(exc))
+    if range_test is None and flagged:
+        from kubetune import trial
+        range_test = dict(trial.LR_RANGE_TEST_DEFAULTS)
     by_dest = {option.dest: option for option in OPTIONS}
     from_env: dict[str, Any] = {}
     unknown = []
@@ -201,6 +225,7 @@ def resolve(argv: Optional[Sequence[str]], env_params: Optional[dict[str, Any]] 
                 parser.error(f"argument {option.flag} (KUBETUNE_PARAMS key {key!r}): {exc}")
         else:
             values[option.dest] = option.default
+    values["lr_range_test"] = range_test
     return argparse.Namespace(**values)
 
 
@@ -334,19 +359,46 @@ def run(args: argparse.Namespace) -> int:
         optimizer = optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     loss_fn = nn.CrossEntropyLoss()
-
     n_train = x_train.shape[0]
+    shuffle = torch.Generator().manual_seed(args.seed)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    if args.lr_range_test is not None:
+        print(f"{PROG}: learning-rate range test: device={device.type} precision={precision} train={n_train} "
+              f"batch_size={args.batch_size} optimizer={args.optimizer} "
+              + " ".join(f"{k}={v:g}" for k, v in args.lr_range_test.items()), file=sys.stderr, flush=True)
+
+        def batches():  # the training set over and over, reshuffled each pass
+            while True:
+                order = torch.randperm(n_train, generator=shuffle).to(device)
+                for start in range(0, n_train, args.batch_size):
+                    yield order[start:start + args.batch_size]
+
+        def train_step(batch, lr: float) -> float:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast():
+                loss = loss_fn(model(x_train[batch]).float(), y_train[batch])
+            value = loss.item()
+            if math.isfinite(value):
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            return value
+
+        model.train()
+        return range_test(args.lr_range_test, batches(), train_step, trial.report)
+
     steps_per_epoch = math.ceil(n_train / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     warmup_steps = round(args.warmup_epochs * steps_per_epoch)
-    shuffle = torch.Generator().manual_seed(args.seed)
 
     print(f"{PROG}: device={device.type} precision={precision} train={n_train} val={x_val.shape[0]} "
           f"steps/epoch={steps_per_epoch} lr={args.lr:g} batch_size={args.batch_size} "
           f"epochs={args.epochs} optimizer={args.optimizer}", file=sys.stderr, flush=True)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
     def evaluate() -> tuple[float, float]:
         model.eval()
@@ -394,6 +446,44 @@ def run(args: argparse.Namespace) -> int:
             print(f"{PROG}: training diverged at epoch {epoch} ({diverged}); "
                   f"try a lower learning rate (lr={args.lr:g})", file=sys.stderr, flush=True)
             return EXIT_DIVERGED
+    return EXIT_OK
+
+
+def range_test_lr(config: dict[str, Any], step: int) -> float:
+    """The learning rate of range-test step `step` (0-based): minLr to maxLr, exponentially."""
+    return config["minLr"] * (config["maxLr"] / config["minLr"]) ** (step / (config["steps"] - 1))
+
+
+def range_test(config: dict[str, Any], batches: Iterable[Any], train_step: Callable[[Any, float], float],
+               report: Callable[..., None]) -> int:
+    """Run a learning-rate range test; returns EXIT_OK, however it ends.
+
+    train_step(batch, lr) takes one optimizer step at that learning rate and returns the
+    mini-batch loss computed before the step. Each step reports the bias-corrected
+    exponential average of those losses (loss) beside the loss itself (raw_loss). The test
+    ends after config["steps"] steps, or early once the smoothed loss exceeds stopFactor
+    times its lowest value (that step is still reported), or when the loss is not finite
+    (that step is not reported: a NaN is no point of a curve).
+    """
+    beta, stop_factor = config["beta"], config["stopFactor"]
+    average, best = 0.0, math.inf
+    ended = f"reached maxLr={config['maxLr']:g}"
+    batch_iter = iter(batches)
+    for step in range(config["steps"]):
+        lr = range_test_lr(config, step)
+        loss = train_step(next(batch_iter), lr)
+        if not math.isfinite(loss):
+            ended = f"loss {loss} at step {step} (lr={lr:.3g})"
+            break
+        average = beta * average + (1 - beta) * loss
+        smoothed = average / (1 - beta ** (step + 1))
+        report(step=step, lr=lr, loss=smoothed, raw_loss=loss)
+        best = min(best, smoothed)
+        if smoothed > stop_factor * best:
+            ended = (f"smoothed loss {smoothed:.4g} > {stop_factor:g}x the lowest {best:.4g} "
+                     f"at step {step} (lr={lr:.3g})")
+            break
+    print(f"{PROG}: learning-rate range test done: {ended}", file=sys.stderr, flush=True)
     return EXIT_OK
 
 

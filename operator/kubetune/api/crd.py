@@ -110,6 +110,8 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             return _resolve({**branches[0], **node}, defs)
         if all(set(branch) == {"type"} and branch["type"] in ("integer", "number") for branch in branches):
             return {**node, "type": "number"}  # Union[int, float]
+        if node.get("x-kubernetes-preserve-unknown-fields") and all(set(branch) == {"type"} for branch in branches):
+            return node  # a scalar of any type (a categorical value): the field says so itself
         raise ValueError(f"no structural equivalent for anyOf {branches}; override it with json_schema_extra")
     return node
 
@@ -139,6 +141,8 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
                 out["x-kubernetes-preserve-unknown-fields"] = True
             elif value is not False:  # false is forbidden; the API server prunes unknown fields
                 out["additionalProperties"] = _convert(value, defs)
+        elif key == "const":
+            out["enum"] = [value]  # a one-value Literal
         elif key == "required":
             if value:
                 out["required"] = list(value)

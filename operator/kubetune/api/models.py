@@ -10,6 +10,7 @@ again by model validators, so the CLI gives the same answer as the API server.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -33,6 +34,9 @@ MAX_TRIALS_LIMIT = 1_000_000
 Goal = Literal["minimize", "maximize"]
 ParameterType = Literal["float", "int", "categorical"]
 Scale = Literal["linear", "log", "pow2"]
+ParameterRole = Literal["learningRate", "batchSize", "regularization", "architecture", "other"]
+#: The order in which the priority preset tunes parameter roles: the learning rate first.
+ROLE_PRIORITY: tuple[str, ...] = ("learningRate", "batchSize", "regularization", "architecture", "other")
 StudyPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 TrialPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Pruned", "Stopped"]
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -164,6 +168,15 @@ class Parameter(ApiModel):
         description="The choices of a categorical parameter (strings, numbers or booleans).",
         json_schema_extra={"items": {"x-kubernetes-preserve-unknown-fields": True}},
     )
+    default: Optional[CategoricalValue] = Field(
+        default=None,
+        description="The value used while this parameter is not being searched: by a learning-rate range test, and by the stages that tune other parameters before this one. By default the middle of the range (the geometric middle on log and pow2 scales) or the first of the values.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    role: Optional[ParameterRole] = Field(
+        default=None,
+        description="What the parameter controls, for the priority stage preset and lrScaling: learningRate, batchSize, regularization, architecture or other. By default guessed from the name (lr or learning_rate: learningRate; batch_size: batchSize; weight_decay, dropout, l2...: regularization; width, depth, layers, hidden...: architecture).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "Parameter":
@@ -214,9 +227,47 @@ class Parameter(ApiModel):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _default_in_space(self) -> "Parameter":
+        value = self.default
+        if value is None:
+            return self
+        if self.type == "categorical":
+            if _value_key(value) not in {_value_key(v) for v in self.values}:
+                raise ValueError(f"default {value!r} is not one of the values {self.values}")
+            return self
+        if isinstance(value, (bool, str)) or not self.min <= value <= self.max:
+            raise ValueError(f"default must be a number between min and max (got {value!r})")
+        if self.type == "int" and float(value) != int(value):
+            raise ValueError(f"default of an int parameter must be a whole number (got {value})")
+        if self.scale == "pow2" and int(value) & (int(value) - 1):
+            raise ValueError(f"default of a pow2 parameter must be a power of two (got {value})")
+        if self.type == "int":
+            self.default = int(value)
+        return self
+
     @property
     def env_name(self) -> str:
         return trial_env_name(self.name)
+
+    @property
+    def effective_role(self) -> str:
+        """The role given, else the one its name suggests."""
+        if self.role is not None:
+            return self.role
+        snake = re.sub(r"[^a-z0-9]+", "_", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", self.name).lower())
+        words = set(snake.split("_"))
+        if words & {"lr", "eta"} or "learning_rate" in snake:
+            return "learningRate"
+        if "batch" in words or "batchsize" in words or "bs" in words:
+            return "batchSize"
+        if words & {"dropout", "decay", "wd", "l1", "l2", "regularization", "regularisation", "reg", "alpha",
+                    "smoothing", "penalty"}:
+            return "regularization"
+        if words & {"width", "depth", "layers", "layer", "hidden", "units", "channels", "heads", "dim",
+                    "activation", "blocks", "kernel", "filters", "size"}:
+            return "architecture"
+        return "other"
 
 
 def _nearest_pow2(value: int) -> int:
@@ -254,7 +305,7 @@ class DivergenceGuard(ApiModel):
 
     enabled: bool = Field(
         default=True,
-        description="Stop a trial at once, with phase Pruned and reason Diverged, when a metric it reports is NaN or infinite or a loss grows past factor times its first value.",
+        description="Stop a trial at once, with phase Pruned and reason Diverged, when a metric it reports is NaN or infinite, a loss grows past factor times its first value, or a loss's first report, at the study's earliest step, is more than 100 times the median of at least 5 other trials' reports there.",
     )
     factor: float = Field(
         default=10.0,
@@ -272,12 +323,66 @@ class EarlyStopping(ApiModel):
     )
     settings: dict[str, Any] = Field(
         default_factory=dict,
-        description="Rule-specific settings. median: warmupSteps, minTrials. asha and hyperband: reductionFactor, minResource, maxResource (the steps of a complete trial, substituted for ${study.maxResource}; required by hyperband).",
+        description="Rule-specific settings. median: warmupSteps, minTrials. asha and hyperband: reductionFactor, minResource (default maxResource / reductionFactor^3 rounded up, at least 1), maxResource (the steps of a complete trial, substituted for ${study.maxResource}; required by hyperband).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     divergence: DivergenceGuard = Field(
         default_factory=DivergenceGuard,
         description="The divergence guard, on by default; set enabled: false to let diverging trials run on.",
+    )
+
+
+class LrScaling(ApiModel):
+    """Scale each trial's learning rate with its batch size, so a tuned rate stays meaningful."""
+
+    rule: Literal["linear", "sqrt"] = Field(
+        description="linear: the learning rate grows in proportion to the batch size (Goyal et al. 2017, for SGD); sqrt: with its square root (often better for Adam).",
+    )
+    base_batch_size: int = Field(
+        ge=1,
+        description="The batch size at which the learning rate parameter's value is used as it is.",
+    )
+    lr_parameter: Optional[str] = Field(
+        default=None,
+        description="The learning-rate parameter to scale; by default the one whose role is learningRate.",
+    )
+    batch_size_parameter: Optional[str] = Field(
+        default=None,
+        description="The batch-size parameter; by default the one whose role is batchSize.",
+    )
+
+
+class Stage(ApiModel):
+    """One stage of a staged study: a group of parameters tuned while the others stay fixed."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN, description="Stage name (shown in status.stages and on its trials).")
+    parameters: list[str] = Field(
+        min_length=1,
+        max_length=MAX_PARAMETERS,
+        description="Names of the parameters this stage searches. Parameters of earlier stages stay at their best values; parameters of later stages (and of none) at their defaults.",
+    )
+    strategy: Optional[Strategy] = Field(
+        default=None,
+        description="How this stage proposes configurations; by default spec.strategy (with a seed derived per stage). Use lr-range-test for a one-trial learning-rate range test.",
+    )
+    max_trials: Optional[int] = Field(
+        default=None,
+        ge=1,
+        le=MAX_TRIALS_LIMIT,
+        description="This stage's trial budget. Stages without one share what is left of spec.budget.maxTrials evenly (earlier stages get the remainder); a range test always takes one trial.",
+    )
+
+
+class StagePreset(ApiModel):
+    """Stages built from the parameters' roles."""
+
+    name: Literal["priority"] = Field(
+        description="priority: one stage per parameter role, in the order practitioners tune them: learningRate, batchSize, regularization, architecture, other (roles without parameters are skipped).",
+    )
+    lr_range_test: Optional[dict[str, Any]] = Field(
+        default=None,
+        description="Start with a learning-rate range test instead of searching the learning rate: set it (to {} for the defaults) with the lr-range-test strategy's settings (minLr, maxLr, steps, beta, stopFactor, rule). The trainer must support the range-test mode.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
 
@@ -399,6 +504,20 @@ class StudySpec(ApiModel):
         description="Optional rule that stops unpromising trials early. Without it the divergence guard still stops diverged trials.",
     )
     budget: Budget = Field(default_factory=Budget, description="Trial budget and parallelism.")
+    lr_scaling: Optional[LrScaling] = Field(
+        default=None,
+        description="Scale the learning rate each trial gets with its batch size (linear or square-root rule). The search (and status) works on the raw value; ${params.LR} and KUBETUNE_PARAMS carry the scaled one, ${raw.LR} and KUBETUNE_RAW_PARAMS the raw one.",
+    )
+    stages: Optional[list[Stage]] = Field(
+        default=None,
+        min_length=1,
+        max_length=32,
+        description="Tune in stages, one group of parameters at a time, each stage with its own budget and strategy; later stages fix the earlier stages' parameters at their best values.",
+    )
+    stage_preset: Optional[StagePreset] = Field(
+        default=None,
+        description="Build the stages from the parameters' roles instead of listing them (the priority preset); cannot be combined with stages.",
+    )
     suspend: bool = Field(
         default=False,
         description="Suspend the study: running trials are stopped and no new ones start until it is set back to false.",
@@ -416,6 +535,12 @@ class StudySpec(ApiModel):
                 raise ValueError(f"parameters {p.name!r} and another map to the same variable {p.env_name}")
             seen[p.name] = p.env_name
         return parameters
+
+    @model_validator(mode="after")
+    def _one_way_of_staging(self) -> "StudySpec":
+        if self.stages is not None and self.stage_preset is not None:
+            raise ValueError("set either stages or stagePreset, not both")
+        return self
 
     def parameter(self, name: str) -> Parameter:
         return next(p for p in self.parameters if p.name == name)
@@ -475,6 +600,11 @@ class BestTrial(ApiModel):
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     objective: float = Field(description="The trial's objective metric value.")
+    effective_parameters: Optional[dict[str, Any]] = Field(
+        default=None,
+        description="The values the trial ran with, where lrScaling changed them.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
     metrics: dict[str, float] = Field(default_factory=dict, description="All final metrics of the trial.")
 
 
@@ -483,6 +613,53 @@ class StrategyStatus(ApiModel):
     seed: int = Field(description="The seed in use.")
     chosen: Optional[str] = Field(default=None, description="The strategy auto picked.")
     reason: Optional[str] = Field(default=None, description="Why auto picked it.")
+
+
+class CurvePoint(ApiModel):
+    lr: float = Field(description="Learning rate.")
+    loss: float = Field(description="Smoothed training loss at that learning rate.")
+
+
+MAX_CURVE_POINTS = 100
+
+
+class LrRangeTestStatus(ApiModel):
+    """The learning-rate range test's outcome."""
+
+    trial: str = Field(description="The range-test trial.")
+    parameter: str = Field(description="The learning-rate parameter.")
+    rule: str = Field(description="The rule that picked the learning rate: steepest, valley or divergence.")
+    learning_rate: Optional[float] = Field(default=None, description="The learning rate picked (the parameter's raw value when lrScaling applies), or unset when the curve allowed no choice.")
+    message: str = Field(default="", description="How the value was picked, or why none was.")
+    curve: list[CurvePoint] = Field(
+        default_factory=list,
+        max_length=MAX_CURVE_POINTS,
+        description=f"The smoothed loss against the learning rate, at most {MAX_CURVE_POINTS} evenly spaced points.",
+    )
+
+
+class StageStatus(ApiModel):
+    """Progress and outcome of one stage."""
+
+    name: str = Field(description="Stage name.")
+    parameters: list[str] = Field(description="The parameters this stage searches.")
+    strategy: str = Field(description="The strategy this stage uses.")
+    phase: Literal["Pending", "Running", "Succeeded"] = Field(description="Pending (an earlier stage is running), Running or Succeeded.")
+    max_trials: int = Field(description="The stage's trial budget.")
+    trials: int = Field(default=0, description="Trials started in this stage (not counting trials stopped by a suspension).")
+    best_trial: Optional[str] = Field(default=None, description="The stage's best trial.")
+    best_objective: Optional[float] = Field(default=None, description="Its objective value.")
+    fixed: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The values this stage's trials use for the parameters it does not search (earlier stages' best, else defaults).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    result: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The values this stage settled on for its parameters, fixed for the stages after it.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    message: str = Field(default="", description="How the result was chosen.")
 
 
 class StudyStatus(ApiModel):
@@ -497,6 +674,8 @@ class StudyStatus(ApiModel):
     trials: TrialCounts = Field(default_factory=TrialCounts, description="Trial counts by phase.")
     best_trial: Optional[BestTrial] = Field(default=None, description="The best trial so far.")
     strategy: Optional[StrategyStatus] = Field(default=None, description="The strategy and seed in use.")
+    stages: list[StageStatus] = Field(default_factory=list, description="Each stage's progress and outcome (staged studies only).")
+    lr_range_test: Optional[LrRangeTestStatus] = Field(default=None, description="The learning-rate range test's curve and pick, once it has run.")
     observed_generation: Optional[int] = Field(default=None, description="The spec generation last acted on.")
     start_time: Optional[str] = Field(default=None, description="When the first trial was created.")
     completion_time: Optional[str] = Field(default=None, description="When the study finished.")
@@ -520,6 +699,16 @@ class HyperparameterStudy(ApiModel):
 # ---------------------------------------------------------------------------------------
 
 
+class LrRangeTestRun(ApiModel):
+    """What a range-test trial runs: the learning rate grows exponentially from minLr to maxLr."""
+
+    min_lr: float = Field(gt=0, description="The learning rate of the first step.")
+    max_lr: float = Field(gt=0, description="The learning rate of the last step.")
+    steps: int = Field(ge=5, description="Training steps (mini-batches) from minLr to maxLr.")
+    beta: float = Field(ge=0, lt=1, description="Smoothing of the reported loss (exponential moving average).")
+    stop_factor: float = Field(gt=1, description="The trial ends once the smoothed loss exceeds this multiple of its best value.")
+
+
 class TrialSpec(ApiModel):
     """One trial of a study: fixed parameter values. Immutable."""
 
@@ -536,6 +725,16 @@ class TrialSpec(ApiModel):
     rerun_of: Optional[str] = Field(
         default=None,
         description="The trial whose parameters this one runs again, because that trial was stopped unfinished (by a suspension or by the study ending).",
+    )
+    stage: Optional[str] = Field(default=None, description="The stage this trial belongs to (staged studies).")
+    effective_parameters: Optional[dict[str, Any]] = Field(
+        default=None,
+        description="The values the trial runs with where they differ from parameters: the learning rate scaled by spec.lrScaling.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    lr_range_test: Optional[LrRangeTestRun] = Field(
+        default=None,
+        description="Set on a learning-rate range-test trial: the trainer sweeps the learning rate instead of training normally (KUBETUNE_LR_RANGE_TEST).",
     )
 
 

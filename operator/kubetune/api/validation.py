@@ -15,10 +15,10 @@ from typing import Any, Optional, Sequence
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from kubetune import template
+from kubetune import scaling, stages, template
 from kubetune.api.models import HyperparameterStudy
 from kubetune.stoppers import STOPPERS, make_rule
-from kubetune.strategies import STRATEGIES, SettingsError, make_strategy
+from kubetune.strategies import STRATEGIES, SettingsError
 
 
 @dataclass(frozen=True)
@@ -89,16 +89,11 @@ def check_study(study: HyperparameterStudy) -> list[FieldError]:
     """Rules that need more than one field or knowledge of strategies and placeholders."""
     errors: list[FieldError] = []
     spec = study.spec
-    if spec.strategy.name not in STRATEGIES:
-        errors.append(FieldError(
-            "spec.strategy.name",
-            f"unknown strategy {spec.strategy.name!r}; available: {', '.join(sorted(STRATEGIES))}",
-        ))
-    else:
-        try:
-            make_strategy(study)
-        except SettingsError as exc:
-            errors.append(FieldError(f"spec.strategy.settings.{exc.key}", str(exc)))
+    errors.extend(_check_stages(study))
+    try:
+        scaling.resolve(spec)
+    except scaling.ScalingError as exc:
+        errors.append(FieldError(exc.path, str(exc)))
     early = spec.early_stopping
     if early is not None and early.name is not None and early.name not in STOPPERS:
         errors.append(FieldError(
@@ -124,6 +119,42 @@ def check_study(study: HyperparameterStudy) -> list[FieldError]:
                         + ", ".join(f"${{{k}}}" for k in known),
                     ))
     return errors
+
+
+def _check_stages(study: HyperparameterStudy) -> list[FieldError]:
+    """Every stage (a study without stages is one) has a known strategy with valid settings."""
+    spec = study.spec
+    for i, stage in enumerate(spec.stages or []):
+        if stage.strategy is not None and stage.strategy.name not in STRATEGIES:
+            return [_unknown_strategy(f"spec.stages[{i}].strategy.name", stage.strategy.name)]
+    if spec.strategy.name not in STRATEGIES:
+        return [_unknown_strategy("spec.strategy.name", spec.strategy.name)]
+    try:
+        all_stages = stages.stages(study)
+    except stages.StageError as exc:
+        return [FieldError(exc.path, str(exc))]
+    errors: list[FieldError] = []
+    range_tests = [s for s in all_stages if s.is_range_test]
+    for stage in all_stages:
+        own = stage.path != "spec" and spec.stages is not None and spec.stages[stage.position].strategy is not None
+        where = f"{stage.path}.strategy" if own else "spec.strategy"
+        if stage.path == "spec.stagePreset.lrRangeTest":
+            where = stage.path
+        try:
+            stages.make_strategy(study, stage)
+        except SettingsError as exc:
+            path = f"{where}.{exc.key}" if where == stage.path else f"{where}.settings.{exc.key}"
+            errors.append(FieldError(path, str(exc)))
+            continue
+        if stage.is_range_test and stage.name is not None and len(stage.parameters) != 1:
+            errors.append(FieldError(f"{stage.path}.parameters", "a range-test stage searches exactly one parameter, the learning rate"))
+    if len(range_tests) > 1:
+        errors.append(FieldError(range_tests[1].path, "a study runs at most one learning-rate range test"))
+    return errors
+
+
+def _unknown_strategy(path: str, name: str) -> FieldError:
+    return FieldError(path, f"unknown strategy {name!r}; available: {', '.join(sorted(STRATEGIES))}")
 
 
 def _did_you_mean(name: str, candidates: Sequence[str]) -> str:

@@ -6,10 +6,10 @@ that deleting a study cascades to its trials and their Jobs and Pods.
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 from kubetune import template
-from kubetune.api.models import API_VERSION, HyperparameterStudy
+from kubetune.api.models import API_VERSION, HyperparameterStudy, TrialSpec
 from kubetune.trial import DEFAULT_METRICS_PORT
 
 STUDY_LABEL = "kubetune.io/study"
@@ -32,13 +32,8 @@ def build_trial(
     study: HyperparameterStudy,
     study_body: Mapping[str, Any],
     name: str,
-    index: int,
-    parameters: Mapping[str, Any],
-    rerun_of: Optional[str] = None,
+    spec: TrialSpec,
 ) -> dict[str, Any]:
-    spec: dict[str, Any] = {"study": study.metadata.name, "index": index, "parameters": dict(parameters)}
-    if rerun_of is not None:
-        spec["rerunOf"] = rerun_of
     return {
         "apiVersion": API_VERSION,
         "kind": "HyperparameterTrial",
@@ -48,7 +43,7 @@ def build_trial(
             "labels": {STUDY_LABEL: study.metadata.name, TRIAL_LABEL: name},
             "ownerReferences": [owner_reference(study_body, "HyperparameterStudy")],
         },
-        "spec": spec,
+        "spec": spec.to_wire(),
     }
 
 
@@ -73,10 +68,9 @@ def build_job(
     backoffLimit), which keeps each attempt's logs and termination message.
     """
     name = trial_body["metadata"]["name"]
-    index = trial_body["spec"]["index"]
-    parameters = trial_body["spec"]["parameters"]
+    spec = TrialSpec.model_validate(trial_body["spec"])
     trial_template = study.spec.trial_template
-    values = template.placeholder_values(study, name, index, parameters)
+    values = template.placeholder_values(study, name, spec)
     labels = {STUDY_LABEL: study.metadata.name, TRIAL_LABEL: name}
 
     pod_template = trial_template.template.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -93,7 +87,7 @@ def build_job(
     pod_spec = pod_template["spec"]
     pod_spec["restartPolicy"] = "Never"
     primary_name = trial_template.primary_container.name
-    kubetune_env = template.trial_environment(study, name, parameters, metrics_port)
+    kubetune_env = template.trial_environment(study, name, spec, metrics_port)
     for container in pod_spec["containers"]:
         _quantities_as_strings(container)
         for key in ("command", "args"):
@@ -127,7 +121,7 @@ def build_job(
             "name": name,
             "namespace": study.metadata.namespace,
             "labels": labels,
-            "annotations": {TRIAL_INDEX_ANNOTATION: str(index)},
+            "annotations": {TRIAL_INDEX_ANNOTATION: str(spec.index)},
             "ownerReferences": [owner_reference(trial_body, "HyperparameterTrial")],
         },
         "spec": job_spec,

@@ -196,7 +196,7 @@ class LocalExecutor:
         return [record_of(t, self.histories.get(n, ())) for n, t in self.trials.items()]
 
     def create(self, action: CreateTrial) -> None:
-        trial = self.store.new_trial(action.name, action.index, dict(action.parameters), action.rerun_of)
+        trial = self.store.new_trial(action.name, action.spec(self.study))
         self.trials[action.name] = trial
         self.histories[action.name] = []
         self._start_pending()
@@ -305,7 +305,7 @@ class LocalExecutor:
 
     def _command(self, trial: HyperparameterTrial) -> list[str]:
         container = self.study.spec.trial_template.primary_container
-        values = template.placeholder_values(self.study, trial.metadata.name, trial.spec.index, trial.spec.parameters)
+        values = template.placeholder_values(self.study, trial.metadata.name, trial.spec)
         command, args, _ = template.render_container(container, values)
         if self.command:
             command = [template.substitute(t, values) for t in self.command]
@@ -313,12 +313,12 @@ class LocalExecutor:
 
     def _environment(self, trial: HyperparameterTrial, port: int, gpus: list[str]) -> dict[str, str]:
         container = self.study.spec.trial_template.primary_container
-        values = template.placeholder_values(self.study, trial.metadata.name, trial.spec.index, trial.spec.parameters)
+        values = template.placeholder_values(self.study, trial.metadata.name, trial.spec)
         env = dict(os.environ)
         env["PATH"] = self.path
         env.setdefault("OMP_NUM_THREADS", self.default_threads)
         env.update({name: value for name, value in template.render_container(container, values)[2]})
-        env.update(template.trial_environment(self.study, trial.metadata.name, trial.spec.parameters, port))
+        env.update(template.trial_environment(self.study, trial.metadata.name, trial.spec, port))
         env[ENV_TERMINATION_PATH] = str(self.store.trial_dir(trial.metadata.name) / "termination.json")
         env["PYTHONUNBUFFERED"] = "1"
         # Exactly the GPUs handed out, none for a trial that requests none (as in a cluster).
@@ -377,9 +377,13 @@ class LocalExecutor:
         trial = self.trials[name]
         trial.status = trial.status.model_copy(update={"metrics": metrics, "step": step,
                                                        "reported_steps": len(run.history)})
-        objective = self.study.spec.objective.metric
+        # A range test reports its curve (lr, loss), not the objective.
+        objective = "loss" if trial.spec.lr_range_test is not None else self.study.spec.objective.metric
         retries_left = trial.status.attempts <= self.study.spec.trial_template.retries
-        divergence = diverged(self.study, record_of(trial, run.history)) if code != 0 else None
+        divergence = None
+        if code != 0 and trial.spec.lr_range_test is None:
+            peers = [r for r in self.records() if not r.range_test and r.name != name]
+            divergence = diverged(self.study, record_of(trial, run.history), peers)
         if divergence is not None:
             # The trainer saw its own divergence first; retrying the same parameters cannot help.
             tail = self._output_tail(name)

@@ -223,13 +223,24 @@ def summary(study: HyperparameterStudy, result: RunResult) -> str:
         cond = next((c for c in status.conditions if c.type == status.phase), None)
         why = f": {cond.reason}" + (f" ({cond.message})" if cond and cond.message else "") if cond else ""
         lines.append(f"study {study.metadata.name} {status.phase}{why}")
+    if status.lr_range_test is not None:
+        test = status.lr_range_test
+        picked = "no pick" if test.learning_rate is None else f"{test.parameter}={test.learning_rate:.3g}"
+        lines.append(f"range test {test.trial}: {picked} ({test.rule}): {test.message}")
+    for stage in status.stages:
+        best_of = f", best {stage.best_trial} ({stage.best_objective:.4g})" if stage.best_trial else ""
+        settled = ", ".join(f"{k}={space.format_value(v)}" for k, v in stage.result.items())
+        lines.append(f"stage {stage.name} [{stage.phase}]: {stage.trials}/{stage.max_trials} trials{best_of}"
+                     + (f"; settled {settled}" if settled else ""))
     c = status.trials
     lines.append(f"trials: {c.succeeded} succeeded, {c.failed} failed, {c.pruned} pruned, {c.stopped} stopped")
     best = status.best_trial
     if best is not None:
         lines.append(f"best trial {best.name}: {study.spec.objective.metric}={best.objective:.6g}")
+        effective = best.effective_parameters or {}
         for name, value in best.parameters.items():
-            lines.append(f"  {name}: {space.format_value(value)}")
+            scaled = f" (scaled to {space.format_value(effective[name])} at its batch size)" if name in effective and effective[name] != value else ""
+            lines.append(f"  {name}: {space.format_value(value)}{scaled}")
         others = {k: v for k, v in best.metrics.items() if k != study.spec.objective.metric}
         if others:
             lines.append("  metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(others.items())))

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
+from kubetune import scaling
 from kubetune.api.models import (
     API_VERSION,
     TERMINAL_TRIAL_PHASES,
@@ -123,13 +124,13 @@ class StudyStore:
         atomic_write(self.trial_dir(trial.metadata.name) / "trial.json", json.dumps(trial.to_wire(), indent=2) + "\n",
                      durable=finished)
 
-    def new_trial(self, name: str, index: int, parameters: dict[str, Any], rerun_of: Optional[str]) -> HyperparameterTrial:
+    def new_trial(self, name: str, spec: TrialSpec) -> HyperparameterTrial:
         """A Pending trial object; written when it starts (or waits for a GPU)."""
         trial = HyperparameterTrial(
             apiVersion=API_VERSION,
             kind="HyperparameterTrial",
             metadata=ObjectMeta(name=name, labels={"kubetune.io/study": self.study.metadata.name}),
-            spec=TrialSpec(study=self.study.metadata.name, index=index, parameters=parameters, rerun_of=rerun_of),
+            spec=spec,
             status=TrialStatus(),
         )
         return trial
@@ -164,11 +165,17 @@ class StudyStore:
         writer = csv.writer(out)
         # A metric named like a parameter gets a prefix, so every column name is unique.
         metric_columns = [f"metric:{m}" if m in params else m for m in metrics]
-        writer.writerow(["trial", "index", "phase", *params, *metric_columns, "reason", "message"])
+        # With lrScaling, the scaled learning rate each trial ran with has its own column.
+        effective = {r.name: scaling.effective_parameters(self.study, r.parameters) or {} for r in records}
+        scaled = [p for p in params if any(effective[r.name].get(p, r.parameters.get(p)) != r.parameters.get(p)
+                                           for r in records)]
+        writer.writerow(["trial", "index", "phase", *params, *(f"scaled:{p}" for p in scaled), *metric_columns,
+                         "reason", "message"])
         for r in records:
             writer.writerow([
                 r.name, r.index, r.phase,
                 *(r.parameters.get(p, "") for p in params),
+                *(effective[r.name].get(p, r.parameters.get(p, "")) for p in scaled),
                 *(r.metrics.get(m, "") for m in metrics),
                 r.reason or "", (r.message or "").replace("\n", " | "),
             ])
@@ -187,4 +194,6 @@ def record_of(trial: HyperparameterTrial, history: Iterable[Report] = ()) -> Tri
         reason=status.reason,
         message=status.message,
         rerun_of=trial.spec.rerun_of,
+        stage=trial.spec.stage,
+        range_test=trial.spec.lr_range_test is not None,
     )

@@ -238,7 +238,10 @@ class Reconciler:
                         self.api.create_job(build_job(study, trial, self.config.trial_metrics_port))
                         memory.created_jobs.add(name)
                 else:
-                    new = self._trial_status(study, status, job, pods.get(name, ()), scraped.get(name), primary, now)
+                    # Peers for the divergence guard's first-report check: the trials before this one.
+                    new = self._trial_status(study, status, job, pods.get(name, ()), scraped.get(name), primary, now,
+                                             range_test="lrRangeTest" in trial["spec"],
+                                             peers=[r for r in records if not r.range_test])
                     if new.get("unschedulable"):
                         unschedulable.append((name, new.pop("unschedulable")))
                     if new.get("phase") == "Failed" and new.get("reason") in observe.TERMINAL_WAITING_REASONS:
@@ -255,11 +258,13 @@ class Reconciler:
                 phase=status.get("phase", "Pending"), metrics=status.get("metrics", {}),
                 history=history_of(status, scraped.get(name)),
                 reason=status.get("reason"), message=status.get("message"), rerun_of=trial["spec"].get("rerunOf"),
+                stage=trial["spec"].get("stage"), range_test=trial["spec"].get("lrRangeTest") is not None,
             ))
         failed = [r for r in records if r.name in newly_failed]
         return Observed(records, unschedulable, metrics_error, failed, statuses)
 
-    def _trial_status(self, study, status, job, pods, scraped: Optional[TrialMetrics], primary, now) -> dict[str, Any]:
+    def _trial_status(self, study, status, job, pods, scraped: Optional[TrialMetrics], primary, now,
+                      range_test: bool = False, peers: Sequence[TrialRecord] = ()) -> dict[str, Any]:
         observation = observe.observe_job(job, pods, primary, now)
         new = dict(status)
         job_status = job.get("status") or {}
@@ -291,16 +296,17 @@ class Reconciler:
             for report in record.get("history") or []:
                 if isinstance(report, dict) and isinstance(report.get("step"), int) and isinstance(report.get("metrics"), dict):
                     new["intermediate"] = remember(new.get("intermediate") or [], report["step"], report["metrics"])
-            if observation.phase == "Failed":
+            if observation.phase == "Failed" and not range_test:
                 history = tuple(Report(r.get("step"), r.get("metrics") or {}) for r in record.get("history") or []
                                 if isinstance(r, dict))
-                divergence = diverged(study, TrialRecord(job["metadata"]["name"], 0, {}, history=history))
+                divergence = diverged(study, TrialRecord(job["metadata"]["name"], 0, {}, history=history), peers)
                 if divergence is not None:
                     # The trainer saw its own divergence and exited: what the guard would have done.
                     new.update(phase="Pruned", reason=divergence.reason,
                                message=f"{divergence.message}; the trial then exited with an error")
         new["metrics"] = _finite(values)
-        objective = study.spec.objective.metric
+        # A range test reports its curve (lr, loss), not the objective.
+        objective = "loss" if range_test else study.spec.objective.metric
         if observation.phase == "Succeeded" and objective not in new["metrics"]:
             new.update(phase="Failed", reason="NoMetrics", message=(
                 f"the trial finished without reporting a finite {objective}; it reported "
@@ -325,12 +331,11 @@ class Reconciler:
             memory.trials[stop.name] = (version, {**statuses.get(stop.name, {}), **stopped})
             by_name[stop.name] = replace(by_name[stop.name], phase=stop.phase, reason=stop.reason, message=stop.message)
         for create in result.creates():
-            created = self.api.create_trial(build_trial(study, body, create.name, create.index,
-                                                        create.parameters, create.rerun_of))
+            created = self.api.create_trial(build_trial(study, body, create.name, create.spec(study)))
             memory.created_trials[create.name] = created
             self.api.create_job(build_job(study, created, self.config.trial_metrics_port))
             memory.created_jobs.add(create.name)
-            by_name[create.name] = TrialRecord(create.name, create.index, create.parameters, rerun_of=create.rerun_of)
+            by_name[create.name] = create.record()
         return sorted(by_name.values(), key=lambda r: r.index)
 
     def _invalid(self, body, previous, memory: StudyMemory, reason: str, message: str, now) -> Outcome:

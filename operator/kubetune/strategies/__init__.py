@@ -9,11 +9,13 @@ from kubetune.strategies.auto import AutoStrategy
 from kubetune.strategies.base import SettingsError, Strategy
 from kubetune.strategies.bayesian import BayesianStrategy
 from kubetune.strategies.grid import GridStrategy
+from kubetune.strategies.lr_range_test import LrRangeTestStrategy
 from kubetune.strategies.random import RandomStrategy
 from kubetune.strategies.sobol import SobolStrategy
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (AutoStrategy, BayesianStrategy, GridStrategy, RandomStrategy, SobolStrategy)
+    cls.name: cls for cls in (AutoStrategy, BayesianStrategy, GridStrategy, LrRangeTestStrategy, RandomStrategy,
+                                SobolStrategy)
 }
 
 
