@@ -71,7 +71,46 @@ def _parser() -> argparse.ArgumentParser:
         description="Generate the HyperparameterStudy and HyperparameterTrial CRDs from the API models.",
     )
     crds.add_argument("--output-dir", type=Path, default=Path("crds"), help="folder to write to (default: crds)")
+
+    plot = commands.add_parser(
+        "plot",
+        help="draw a study's plots as PNG files",
+        description="Write a study's plots as PNG files: optimization history, parallel coordinates, parameter "
+        "importance, intermediate values and the learning-rate range test (each when the study has data for it). "
+        "Needs matplotlib: pip install 'kubetune[plots]'.",
+    )
+    _source_arguments(plot)
+    plot.add_argument("-o", "--output", type=Path,
+                      help="folder for the PNG files (default: SOURCE/plots, or STUDY-plots for a cluster study)")
+
+    report = commands.add_parser(
+        "report",
+        help="write one self-contained HTML page about a study",
+        description="Write one HTML file with a study's summary, stages, range test, plots and trials table. "
+        "Plots are embedded; the page loads nothing from the network.",
+    )
+    _source_arguments(report)
+    report.add_argument("-o", "--output", type=Path,
+                        help="the HTML file (default: SOURCE/report.html, or STUDY-report.html for a cluster study)")
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="compare search strategies on synthetic problems",
+        description="Run grid, random and Bayesian search on synthetic landscapes (no trials, no processes) "
+        "and write best-so-far curves, where each strategy sampled, and a table.",
+    )
+    from kubetune.simulate import add_arguments as add_simulate_arguments
+
+    add_simulate_arguments(simulate)
     return parser
+
+
+def _source_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", nargs="?", type=Path, help="a local run's output folder (kubetune-runs/STUDY)")
+    parser.add_argument("--study", metavar="NAME", help="read the HyperparameterStudy NAME from the cluster instead")
+    parser.add_argument("-n", "--namespace", help="the study's namespace (default: the context's namespace)")
+    parser.add_argument("--context", help="kubeconfig context (default: the current context)")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG or ~/.kube/config)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -80,6 +119,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from kubetune.operator import run
 
         return run(args)
+    if args.command in ("plot", "report", "simulate"):
+        return _inspect(args)
     if args.command == "crds":
         from kubetune.api.crd import write_crds
 
@@ -125,6 +166,51 @@ def _run(args: argparse.Namespace, study) -> int:
         return EXIT_INVALID
     print(summary(study, result))
     return result.exit_code
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    """plot, report and simulate: read a study (or simulate some), write files, print their paths."""
+    from kubetune.plots import PlotsUnavailable
+    from kubetune.report import SourceError
+    from kubetune.simulate import SimulationError
+
+    try:
+        if args.command == "simulate":
+            from kubetune.simulate import run_from_args
+
+            return run_from_args(args)
+        data = _load_source(args)
+        if args.command == "plot":
+            from kubetune.plots import write_plots
+
+            paths = write_plots(data, args.output or (Path(f"{data.name}-plots") if args.study else args.source / "plots"))
+            if not paths:
+                print(f"kubetune: study {data.name} has no trial results to plot yet", file=sys.stderr)
+            for path in paths:
+                print(path)
+            return 0
+        from kubetune.report import write_report
+
+        default = Path(f"{data.name}-report.html") if args.study else args.source / "report.html"
+        print(write_report(data, args.output or default))
+        return 0
+    except (SourceError, PlotsUnavailable, SimulationError) as exc:
+        print(f"kubetune {args.command}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def _load_source(args: argparse.Namespace):
+    from kubetune.report import SourceError, load_cluster, load_folder
+
+    if args.study and args.source:
+        raise SourceError("give either an output folder or --study NAME, not both")
+    if args.study:
+        return load_cluster(args.study, args.namespace, args.context, args.kubeconfig)
+    if args.source is None:
+        raise SourceError("give a local run's output folder (kubetune-runs/STUDY) or --study NAME for a cluster study")
+    if args.namespace or args.context or args.kubeconfig:
+        raise SourceError("-n, --context and --kubeconfig apply to --study NAME (a cluster study), not to a folder")
+    return load_folder(args.source)
 
 
 if __name__ == "__main__":
