@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test prometheus crds chart images e2e-kind e2e-kind-clean bench-runner bench-operator bench-strategies bench-stopping bench-lr-range clean
+.PHONY: run test prometheus crds chart images e2e-kind e2e-kind-clean bench-runner bench-operator bench-strategies bench-stopping bench-lr-range bench-engine clean
 
 # Every package at the version in constraints.txt. torch==2.13.0 is installed first and alone:
 # on our machines pip finds its CPU wheel locally; elsewhere add
@@ -65,6 +65,10 @@ bench-runner: $(BENCH_STAMP)
 ## bench-stopping: epochs spent and best accuracy of median, ASHA and Hyperband beside Optuna's pruners, reference trainer, 5 seeds (~3 min on 2 cores)
 bench-stopping: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench_stopping.py
+
+## bench-engine: one decision round (stop or not for 10 running trials, then a suggestion) at 1,000 and 10,000 trials, beside Optuna (~30 s)
+bench-engine: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/bench_engine.py
 
 ## bench-lr-range: the learning-rate range test's rules beside a 20-trial random search over lr, reference trainer, Adam and SGD (~1.5 min on 2 cores)
 bench-lr-range: $(BENCH_STAMP)

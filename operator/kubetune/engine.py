@@ -224,7 +224,8 @@ def _prune(stoppers: Sequence[Stopper], trials: Sequence[TrialRecord]) -> list[S
     """Stop the running trials the stoppers give up on, in index order.
 
     Range-test trials are neither stopped nor compared with: their loss rises on purpose."""
-    peers = [t for t in trials if not t.range_test]
+    # A tuple: stoppers summarise it once per plan, not once per running trial.
+    peers = tuple(t for t in trials if not t.range_test)
     stops = []
     for trial in sorted(peers, key=lambda t: t.index):
         if trial.phase == "Running":

@@ -35,6 +35,8 @@ def make_stoppers(study: HyperparameterStudy) -> list[Stopper]:
     rule = make_rule(study)
     if rule is not None:
         stoppers.append(rule)
+    for stopper in stoppers[1:]:
+        stopper._curves = stoppers[0]._curves  # the guard and the rule read the same curves
     return stoppers
 
 

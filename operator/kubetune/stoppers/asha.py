@@ -24,6 +24,8 @@ stopped: they are done.
 
 from __future__ import annotations
 
+import bisect
+
 from typing import Any, Mapping, Optional, Sequence
 
 from kubetune.api.models import Objective
@@ -78,22 +80,29 @@ class AshaStopper(Stopper):
             return None
         k, rung_step = rung
         mine = self.score(value_at_or_past(points, rung_step))
-        at_rung = [mine]
-        for other in peers:
-            if other.name != trial.name:
-                value = value_at_or_past(self.curve(other), rung_step)
-                if value is not None:
-                    at_rung.append(self.score(value))
-        rank = 1 + sum(score < mine for score in at_rung)  # ties share the better rank
-        keep = -(-len(at_rung) // self.eta)  # ceil(n/eta): fewer than n/eta trials are better
+        by_name, ordered = self.per_round(peers, ("rung", rung_step), lambda: self._at_rung(peers, rung_step))
+        own = by_name.get(trial.name)  # the trial itself counts once, with its own curve's value
+        better = bisect.bisect_left(ordered, mine) - (own is not None and own < mine)
+        size = len(ordered) - (own is not None) + 1
+        rank = 1 + better  # ties share the better rank
+        keep = -(-size // self.eta)  # ceil(n/eta): fewer than n/eta trials are better
         if rank <= keep:
             return None
-        cut_off = sorted(at_rung)[keep - 1]
+        at_rung = sorted([mine] + [score for name, score in by_name.items() if name != trial.name])
         metric = self.objective.metric
         return Decision(EARLY_STOPPED, (
             f"{rule} at rung {k} (step {rung_step}): {metric} {self.shown(mine)} ranks {rank} of "
-            f"{len(at_rung)} trials at that rung; only the top {keep} (1/{self.eta}, rounded up) continue, "
-            f"the cut-off is {self.shown(cut_off)}"))
+            f"{size} trials at that rung; only the top {keep} (1/{self.eta}, rounded up) continue, "
+            f"the cut-off is {self.shown(at_rung[keep - 1])}"))
+
+    def _at_rung(self, peers: Sequence[TrialRecord], rung_step: int) -> tuple[dict[str, float], list[float]]:
+        """Every peer's score at the rung (its first report at or past it), by name and sorted."""
+        by_name = {}
+        for other in peers:
+            value = value_at_or_past(self.curve(other), rung_step)
+            if value is not None:
+                by_name[other.name] = self.score(value)
+        return by_name, sorted(by_name.values())
 
 
 class HyperbandStopper(AshaStopper):
@@ -126,7 +135,8 @@ class HyperbandStopper(AshaStopper):
 
     def decide(self, trial: TrialRecord, trials: Sequence[TrialRecord]) -> Optional[Decision]:
         bracket = self.bracket(trial.index)
-        peers = [t for t in trials if self.bracket(t.index) == bracket]
+        peers = self.per_round(trials, ("bracket", bracket),
+                               lambda: tuple(t for t in trials if self.bracket(t.index) == bracket))
         return self._halve(trial, peers, self.min_resource * self.eta ** bracket, f"hyperband rule (bracket {bracket})")
 
 

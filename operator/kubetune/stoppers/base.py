@@ -14,13 +14,16 @@ naming the key, which the CLI and the operator report at spec.earlyStopping.sett
 from __future__ import annotations
 
 import abc
+import bisect
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Optional, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, TypeVar
 
 from kubetune.api.models import Objective
 from kubetune.strategies.base import SettingsError
 from kubetune.trials import TrialRecord
+
+T = TypeVar("T")
 
 EARLY_STOPPED = "EarlyStopped"
 DIVERGED = "Diverged"
@@ -46,6 +49,12 @@ class Stopper(abc.ABC):
             raise SettingsError(unknown[0], f"unknown setting for early-stopping rule {self.name}; allowed: {allowed}")
         self.objective = objective
         self.settings = dict(settings)
+        # Curves by (trial record, metric), so that in one plan each curve is built once rather
+        # than once per running trial (a study of 10,000 trials would rebuild them all for every
+        # running trial). Records are immutable; the entry keeps its record, so an id is never
+        # mistaken for another record's.
+        self._curves: dict[tuple[int, str], tuple[TrialRecord, list[tuple[int, float]]]] = {}
+        self._memo: dict[tuple, tuple[tuple, Any]] = {}
 
     @property
     def max_resource(self) -> Optional[int]:
@@ -58,9 +67,26 @@ class Stopper(abc.ABC):
 
     # -- helpers for rules over the objective's curve ---------------------------------------
 
-    def curve(self, trial: TrialRecord) -> list[tuple[int, float]]:
-        """(step, objective value) of every report that has the objective, by step."""
-        return curve(trial, self.objective.metric)
+    def curve(self, trial: TrialRecord, metric: Optional[str] = None) -> list[tuple[int, float]]:
+        """(step, value) of every report that has `metric` (default: the objective), by step."""
+        metric = metric or self.objective.metric
+        key = (id(trial), metric)
+        cached = self._curves.get(key)
+        if cached is None or cached[0] is not trial:
+            cached = self._curves[key] = (trial, curve(trial, metric))
+        return cached[1]
+
+    def per_round(self, trials: Sequence[TrialRecord], key: tuple, compute: Callable[[], T]) -> T:
+        """compute(), a summary of `trials` (for example every trial's value at one rung), once
+        per round instead of once per running trial. Only an immutable tuple of trials is
+        remembered, as the engine passes; any other sequence is summarised afresh each call."""
+        if not isinstance(trials, tuple):
+            return compute()
+        full = (id(trials), *key)
+        cached = self._memo.get(full)
+        if cached is None or cached[0] is not trials:
+            cached = self._memo[full] = (trials, compute())
+        return cached[1]
 
     def score(self, value: float) -> float:
         """Lower is better whatever the goal."""
@@ -79,12 +105,15 @@ def curve(trial: TrialRecord, metric: str) -> list[tuple[int, float]]:
     NaN and infinite values are left out: they are the divergence guard's business, and the
     cluster's trial status cannot hold them, so both bodies rank trials on the same values.
     """
-    points: dict[int, float] = {}
+    points: list[tuple[int, float]] = []
+    ordered = True
     for position, report in enumerate(trial.history, start=1):
-        if metric in report.metrics and math.isfinite(report.metrics[metric]):
+        value = report.metrics.get(metric)
+        if value is not None and math.isfinite(value):
             step = report.step if report.step is not None else position
-            points[step] = float(report.metrics[metric])
-    return sorted(points.items())
+            ordered = ordered and (not points or step > points[-1][0])
+            points.append((step, float(value)))
+    return points if ordered else sorted(dict(points).items())  # dict(): a step's last report wins
 
 
 def value_at_or_past(points: Sequence[tuple[int, float]], step: int) -> Optional[float]:
@@ -98,6 +127,24 @@ def value_at_or_before(points: Sequence[tuple[int, float]], step: int) -> Option
         return None
     before = [v for s, v in points if s <= step]
     return before[-1] if before else None
+
+
+def median_without(ordered: Sequence[float], value: Optional[float] = None) -> Optional[float]:
+    """The median of sorted values after removing one occurrence of `value` (when present),
+    without copying: a round's summary serves every running trial, each leaving itself out."""
+    removed = None
+    if value is not None:
+        i = bisect.bisect_left(ordered, value)
+        if i < len(ordered) and ordered[i] == value:
+            removed = i
+    n = len(ordered) - (removed is not None)
+    if n == 0:
+        return None
+
+    def at(i: int) -> float:
+        return ordered[i if removed is None or i < removed else i + 1]
+
+    return at(n // 2) if n % 2 else (at(n // 2 - 1) + at(n // 2)) / 2
 
 
 def int_setting(settings: Mapping[str, Any], key: str, default: Optional[int], minimum: int) -> Optional[int]:

@@ -21,10 +21,9 @@ restarted runner or operator reaches the same verdict.
 from __future__ import annotations
 
 import math
-import statistics
 from typing import Optional, Sequence
 
-from kubetune.stoppers.base import DIVERGED, Decision, Stopper, curve, fmt, int_setting, number_setting
+from kubetune.stoppers.base import DIVERGED, Decision, Stopper, fmt, int_setting, median_without, number_setting
 from kubetune.trials import TrialRecord
 
 DEFAULT_FACTOR = 10.0
@@ -84,15 +83,30 @@ class DivergenceGuard(Stopper):
         """
         if step is None:
             return None
-        others = [curve(other, metric) for other in trials if other.name != trial.name]
-        if any(points and points[0][0] < step for points in others):
+        earliest, by_name, ordered = self.per_round(trials, ("first reports", metric, step),
+                                                    lambda: self._reports_at(trials, metric, step))
+        if any(first < step for first, name in earliest if name != trial.name):
             return None
-        values = [v for points in others for s, v in points if s == step]
-        if len(values) < self.min_peers:
+        own = by_name.get(trial.name)
+        count = len(ordered) - (own is not None)
+        if count < self.min_peers:
             return None
-        median = statistics.median(values)
+        median = median_without(ordered, own)
         if median <= 0 or value <= self.peer_factor * median:
             return None
         return Decision(DIVERGED, (
             f"divergence guard at step {step}: {metric} {fmt(value)}, its first report, is more than "
-            f"{self.peer_factor:g}x the median {fmt(median)} of {len(values)} other trials at that step"))
+            f"{self.peer_factor:g}x the median {fmt(median)} of {count} other trials at that step"))
+
+    def _reports_at(self, trials: Sequence[TrialRecord], metric: str, step: int):
+        """The two earliest first steps of `metric` with their trials, and every trial's value
+        at `step`, by name and sorted."""
+        firsts, by_name = [], {}
+        for other in trials:
+            points = self.curve(other, metric)
+            if points:
+                firsts.append((points[0][0], other.name))
+            value = next((v for s, v in points if s == step), None)
+            if value is not None:
+                by_name[other.name] = value
+        return sorted(firsts)[:2], by_name, sorted(by_name.values())

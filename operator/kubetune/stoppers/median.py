@@ -4,10 +4,9 @@ MedianPruner)."""
 
 from __future__ import annotations
 
-import statistics
 from typing import Optional, Sequence
 
-from kubetune.stoppers.base import EARLY_STOPPED, Decision, Stopper, int_setting, value_at_or_before
+from kubetune.stoppers.base import EARLY_STOPPED, Decision, Stopper, int_setting, median_without, value_at_or_before
 from kubetune.trials import TrialRecord
 
 
@@ -30,19 +29,26 @@ class MedianStopper(Stopper):
         step = points[-1][0]
         if step <= self.warmup_steps:
             return None
-        completed = []
-        for other in trials:
-            if other.phase == "Succeeded" and other.name != trial.name:
-                value = value_at_or_before(self.curve(other), step)
-                if value is not None:
-                    completed.append(self.score(value))
-        if len(completed) < self.min_trials:
+        by_name, ordered = self.per_round(trials, ("completed at", step), lambda: self._completed_at(trials, step))
+        own = by_name.get(trial.name)  # a trial is never compared with itself
+        count = len(ordered) - (own is not None)
+        if count < self.min_trials:
             return None
         best = min(self.score(v) for _, v in points)
-        median = statistics.median(completed)
+        median = median_without(ordered, own)
         if best <= median:
             return None
         metric = self.objective.metric
         return Decision(EARLY_STOPPED, (
             f"median rule at step {step}: best {metric} {self.shown(best)} is worse than the median "
-            f"{self.shown(median)} of {len(completed)} completed trials at that step"))
+            f"{self.shown(median)} of {count} completed trials at that step"))
+
+    def _completed_at(self, trials: Sequence[TrialRecord], step: int) -> tuple[dict[str, float], list[float]]:
+        """The completed trials' scores at `step` (their last report at or before it), by name and sorted."""
+        by_name = {}
+        for other in trials:
+            if other.phase == "Succeeded":
+                value = value_at_or_before(self.curve(other), step)
+                if value is not None:
+                    by_name[other.name] = self.score(value)
+        return by_name, sorted(by_name.values())
