@@ -9,6 +9,7 @@ in the trials themselves.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, Optional, Sequence, Union
@@ -107,11 +108,8 @@ def best_trial(study: HyperparameterStudy, trials: Sequence[TrialRecord]) -> Opt
 
 
 def count(trials: Sequence[TrialRecord]) -> TrialCounts:
-    counts = TrialCounts(total=len(trials))
-    for trial in trials:
-        field = trial.phase.lower()
-        setattr(counts, field, getattr(counts, field) + 1)
-    return counts
+    phases = Counter(trial.phase for trial in trials)
+    return TrialCounts(total=len(trials), **{phase.lower(): n for phase, n in phases.items()})
 
 
 def target_reached(study: HyperparameterStudy, best: Optional[TrialRecord]) -> bool:
@@ -165,7 +163,7 @@ def plan(
         stopped = {stop.name: stop for stop in stops}
         records = [replace(t, phase=stopped[t.name].phase) if t.name in stopped else t for t in trials]
         running = len(active) - len(stops)
-        progress = _advance(study, all_stages, records, max(0, budget.parallel_trials - running))
+        progress = _advance(study, all_stages, records, max(0, budget.parallel_trials - running), best)
         actions.extend(progress.created)
         running_after = running + len(progress.created)
         if running_after == 0:
@@ -175,7 +173,7 @@ def plan(
             if progress.current is not None and progress.current.name is not None:
                 message += f"; stage {progress.current.name}"
     else:
-        progress = _advance(study, all_stages, trials, 0)
+        progress = _advance(study, all_stages, trials, 0, best)
         stop_reason = {"Succeeded": "StudySucceeded", "Failed": "StudyFailed", "Suspended": "StudySuspended"}[phase]
         for trial in sorted(active, key=lambda t: t.index):
             actions.append(StopTrial(trial.name, "Stopped", stop_reason, message))
@@ -247,9 +245,10 @@ class Progress:
 
 
 def _advance(study: HyperparameterStudy, all_stages: Sequence[stages.Stage], trials: Sequence[TrialRecord],
-             room: int) -> Progress:
+             room: int, overall_best: Optional[TrialRecord]) -> Progress:
     """Walk the stages in order: finished ones fix their results, the first unfinished one gets
-    up to `room` new trials, and the ones after it wait."""
+    up to `room` new trials, and the ones after it wait. `overall_best` is the study's best
+    trial (a study without stages is one stage: its best)."""
     fixed = stages.defaults(study)
     order = list(fixed)
     progress = Progress([], [], None)
@@ -282,7 +281,7 @@ def _advance(study: HyperparameterStudy, all_stages: Sequence[stages.Stage], tri
         progress.exhausted = exhausted
         status.trials = used
         progress.searched = progress.searched or (bool(mine) and not stage.is_range_test)
-        best = best_trial(study, mine)
+        best = overall_best if stage.name is None else best_trial(study, mine)
         if best is not None:
             status.best_trial, status.best_objective = best.name, best.objective(study.spec.objective)
         if unfinished or (not later and used < limit and not exhausted):
