@@ -17,11 +17,12 @@ later ones seeing the earlier ones as Pending (exactly what the engine passes a 
 then all four are evaluated and reported. Optuna's samplers get the same batches through
 ask/tell. Peers use their defaults.
 
-    make bench-strategies                                      # 10 seeds, budget 30, batch 1 and 4 (~16 min on 2 cores)
+    make bench-strategies                                      # 10 seeds, budget 30, batch 1 and 4 (10-16 min on 2 cores)
     python benchmarks/bench_strategies.py --budget 100         # also 100 trials: hours, Optuna's GPSampler dominates
     python benchmarks/bench_strategies.py --smoke              # seconds: keeps the harness honest
     python benchmarks/bench_strategies.py --problems branin lr_like --seeds 5 --batches 1
     python benchmarks/bench_strategies.py --latency-only       # suggestion time at 100 and 1,000 trials
+    python benchmarks/bench_strategies.py --first-seed 100 --results /tmp/held-out   # held-out seeds
 
 Results: benchmarks/results/strategies.json, strategies.md and strategies-<problem>.png.
 """
@@ -293,7 +294,10 @@ def latency(observations: int, repeats: int, contenders: list[str]) -> list[dict
 
 def markdown(scored: dict[str, Any], budget: int, latency_rows: list[dict[str, Any]], verdict_lines: list[str],
              settings: dict[str, Any]) -> str:
-    out = [f"Seeds: {settings['seeds']}; budget {budget}; batch sizes {settings['batches']}; "
+    seeds = settings["seeds"]
+    first = settings.get("first_seed", 0)
+    seed_text = f"{seeds} ({first}-{first + seeds - 1})" if first else str(seeds)
+    out = [f"Seeds: {seed_text}; budget {budget}; batch sizes {settings['batches']}; "
            f"normalised regret: optimum 0, random search's median first trial 1 (mean over seeds; lower is better); "
            f"trials to target: median trials to reach random search's median regret after all {budget} trials "
            f"('-': not reached by half the seeds).", ""]
@@ -365,6 +369,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--problems", nargs="+", default=DEFAULT, choices=sorted(PROBLEMS))
     parser.add_argument("--contenders", nargs="+", default=list(KUBETUNE + OPTUNA), choices=list(KUBETUNE + OPTUNA + ("sobol",)))
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds are first-seed .. first-seed+seeds-1; the defaults (0-9) are what the strategy was "
+                             "tuned on, so confirm a change on others (e.g. --first-seed 100)")
     parser.add_argument("--budget", type=int, default=30)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -388,7 +395,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         # Grid search only where it is a sensible choice: a grid over more than three parameters
         # spends a 100-trial budget on two values of each.
         jobs = [(c, p, seed, args.budget, batch) for p in args.problems for batch in args.batches
-                for seed in range(args.seeds) for c in contenders
+                for seed in range(args.first_seed, args.first_seed + args.seeds) for c in contenders
                 if c != "grid" or len(PROBLEMS[p].parameters) <= 3]
         # Slow contenders first, so the pool does not end waiting for one long job.
         jobs.sort(key=lambda job: (job[0] != "optuna-gp", job[0] != "bayesian"))
@@ -406,7 +413,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for observations in (100, 1000):
             latency_rows += latency(observations, args.latency_repeats, lat_contenders)
     verdict_lines = verdict(scored["rows"], args.budget) if scored["rows"] else []
-    settings = {"seeds": args.seeds, "budget": args.budget, "batches": args.batches, "problems": args.problems,
+    settings = {"seeds": args.seeds, "first_seed": args.first_seed, "budget": args.budget, "batches": args.batches, "problems": args.problems,
                 "contenders": contenders}
     text = markdown(scored, args.budget, latency_rows, verdict_lines, settings)
     print(text)

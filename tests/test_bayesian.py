@@ -156,7 +156,66 @@ def test_settings_are_checked():
     with pytest.raises(SettingsError) as info:
         BayesianStrategy(BOWL_SPACE, MINIMIZE, 0, {"initialTrials": 0})
     assert info.value.key == "initialTrials" and "at least 1" in str(info.value)
-    assert BayesianStrategy(BOWL_SPACE, MINIMIZE, 0, {}).initial_trials == 5
+    assert BayesianStrategy(BOWL_SPACE, MINIMIZE, 0, {}).initial_trials == 2
+
+
+def test_the_default_design_is_two_trials_growing_slowly_with_the_dimension():
+    assert [bayesian.default_initial_trials(d) for d in (1, 2, 7, 8, 16, 200)] == [2, 2, 2, 3, 4, 10]
+    # The model takes over from the third trial; the first two are the Sobol sequence's.
+    history = run(BayesianStrategy(BOWL_SPACE, MINIMIZE, 3, {}), bowl, 3)
+    sobol = SobolStrategy(BOWL_SPACE, MINIMIZE, 3, {})
+    assert [h.parameters for h in history[:2]] == [sobol.suggest(i, []) for i in range(2)]
+    assert history[2].parameters != sobol.suggest(2, [])
+
+
+def test_a_suggestion_runs_torch_on_one_thread_and_restores_the_setting(monkeypatch):
+    import torch
+
+    seen = []
+    fit = bayesian._GaussianProcess.fit.__func__
+
+    def spy(cls, *args):
+        seen.append(torch.get_num_threads())
+        return fit(cls, *args)
+
+    monkeypatch.setattr(bayesian._GaussianProcess, "fit", classmethod(spy))
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        history = run(BayesianStrategy(BOWL_SPACE, MINIMIZE, 1, {}), bowl, 4)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        # The same history gives the same answer whatever the caller's thread setting.
+        torch.set_num_threads(1)
+        again = run(BayesianStrategy(BOWL_SPACE, MINIMIZE, 1, {}), bowl, 4)
+        assert [h.parameters for h in again] == [h.parameters for h in history]
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_past_64_observations_the_first_pass_scores_half_the_candidates(monkeypatch):
+    counts = []
+    real = bayesian.sobol_points
+
+    def spy(dimension, seed, start, count):
+        counts.append(count)
+        return real(dimension, seed, start, count)
+
+    monkeypatch.setattr(bayesian, "sobol_points", spy)
+    for trials in (64, 65):
+        history = [done(i, {"a": (i * 0.37) % 1, "b": (i * 0.61) % 1, "c": (i * 0.13) % 1},
+                        bowl({"a": (i * 0.37) % 1, "b": (i * 0.61) % 1, "c": (i * 0.13) % 1})) for i in range(trials)]
+        assert BayesianStrategy(BOWL_SPACE, MINIMIZE, 0, {}).suggest(trials, history) is not None
+    assert counts == [bayesian.SOBOL_CANDIDATES, bayesian.SOBOL_CANDIDATES // 2]
+
+
+def test_cholesky_copes_with_a_nearly_singular_kernel_of_any_scale():
+    import torch
+
+    for scale in (1e-6, 1.0, 1e12):
+        kernel = scale * torch.ones(4, 4, dtype=torch.float64)  # rank one: every point alike
+        chol = bayesian._cholesky(kernel, torch)
+        assert torch.isfinite(chol).all()
+        assert torch.allclose(chol @ chol.T, kernel, rtol=1e-3, atol=1e-3 * scale)
 
 
 def test_initial_design_is_the_sobol_sequence():
@@ -203,6 +262,10 @@ def test_auto_picks_sobol_for_a_categorical_space_and_says_why():
 def test_auto_picks_sobol_when_the_budget_is_too_small_for_a_model():
     status = plan(make_study(MIXED_SPACE, budget={"maxTrials": 8}), [], NOW).status.strategy
     assert status.chosen == "sobol" and "maxTrials=8" in status.reason
+    # The design is two trials, but below ten trials a model still steers too few to pay off.
+    assert plan(make_study(MIXED_SPACE, budget={"maxTrials": 9}), [], NOW).status.strategy.chosen == "sobol"
+    status = plan(make_study(MIXED_SPACE, budget={"maxTrials": 10}), [], NOW).status.strategy
+    assert status.chosen == "bayesian" and "2-trial Sobol design" in status.reason
 
 
 def test_auto_is_the_default_and_named_strategies_record_no_choice():

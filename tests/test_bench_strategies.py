@@ -47,3 +47,14 @@ def test_scoring_normalises_to_random_search_first_trial_and_the_optimum():
     assert abs(row["regret@2"] - (0.25 + 0.0 + 1.0) / 3) < 1e-9
     # The target is random search's median final regret (0.25): two seeds of three reach it, by trial 2.
     assert row["target"] == 0.25 and row["trials_to_target"] == 2
+
+
+def test_first_seed_moves_the_seeds_for_a_held_out_check(tmp_path):
+    bench = load_bench()
+    assert bench.main(["--problems", "branin", "--contenders", "random", "--seeds", "2", "--first-seed", "100",
+                       "--budget", "3", "--batches", "1", "--workers", "1", "--latency-repeats", "0",
+                       "--results", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "strategies.json").read_text())
+    assert sorted(run["seed"] for run in data["runs"]) == [100, 101]
+    assert data["settings"]["first_seed"] == 100
+    assert "Seeds: 2 (100-101)" in (tmp_path / "strategies.md").read_text()

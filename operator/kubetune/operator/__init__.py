@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Bayesian suggestions run torch on one thread (strategies/bayesian.py) and set it back
+    # afterwards. Reconciles run in parallel here, so start torch on one thread (it reads this
+    # when first imported): then no reconcile changes the process-wide setting under another.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     import kopf
     from prometheus_client import start_http_server
 

@@ -10,6 +10,10 @@ from kubetune.strategies.random import RandomStrategy
 from kubetune.strategies.sobol import SobolStrategy
 from kubetune.trials import TrialRecord
 
+#: Below this many trials auto runs Sobol: a model fitted on a handful of results steers too few
+#: trials to beat even coverage of the space.
+MIN_MODEL_BUDGET = 10
+
 
 class AutoStrategy(Strategy):
     """Picks a strategy from the search space and the budget, and says which and why.
@@ -54,7 +58,7 @@ def choose(parameters: Sequence[Parameter], budget: Budget) -> tuple[type[Strate
             f"{categorical} of {len(parameters)} parameters are categorical: a model learns little from "
             f"distances between choices, so Sobol covers the combinations evenly"
         )
-    if budget.max_trials < 2 * design:
+    if budget.max_trials < max(MIN_MODEL_BUDGET, 2 * design):
         return SobolStrategy, (
             f"maxTrials={budget.max_trials} leaves too few trials after a {design}-trial initial design "
             f"for a model to pay off, so Sobol covers the space evenly"
