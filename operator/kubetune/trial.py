@@ -59,15 +59,20 @@ STEP_NAME = "kubetune_trial_step"
 
 def params() -> dict[str, Any]:
     """All parameters of this trial, from KUBETUNE_PARAMS (empty outside a trial)."""
-    raw = os.environ.get(ENV_PARAMS)
-    if not raw:
-        return {}
+    return _json_object(ENV_PARAMS) or {}
+
+
+def _json_object(variable: str) -> Optional[dict[str, Any]]:
+    """The JSON object in an environment variable; None when it is unset or blank."""
+    raw = os.environ.get(variable)
+    if raw is None or not raw.strip():
+        return None
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{ENV_PARAMS} is not valid JSON: {exc}") from None
+        raise ValueError(f"{variable} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{ENV_PARAMS} must hold a JSON object, got {type(value).__name__}")
+        raise ValueError(f"{variable} must hold a JSON object, got {type(value).__name__}")
     return value
 
 
@@ -104,15 +109,9 @@ def lr_range_test() -> Optional[dict[str, Any]]:
     factor beta. It stops once smoothed_loss exceeds stopFactor times the lowest so far, or
     the loss is not finite. Raises ValueError for bad JSON or values.
     """
-    raw = os.environ.get(ENV_LR_RANGE_TEST)
-    if raw is None or not raw.strip():
+    value = _json_object(ENV_LR_RANGE_TEST)
+    if value is None:
         return None
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{ENV_LR_RANGE_TEST} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{ENV_LR_RANGE_TEST} must hold a JSON object, got {type(value).__name__}")
     # Other keys are ignored: a newer engine may pass settings that only it uses.
     config: dict[str, Any] = {}
     for key, default in LR_RANGE_TEST_DEFAULTS.items():
