@@ -126,7 +126,7 @@ def test_stopped_trials_do_not_use_budget():
 
 def test_reruns_do_not_shift_the_strategy_sequence():
     # Random search's fourth suggestion is the same whether or not a trial was re-run before it.
-    study = make_study(budget={"maxTrials": 10, "parallelTrials": 1})
+    study = make_study(strategy={"name": "random"}, budget={"maxTrials": 10, "parallelTrials": 1})
     plain = [trial(i, loss=1.0) for i in range(3)]
     expected = plan(study, plain, NOW).creates()[0].parameters
     with_rerun = [trial(0, loss=1.0), trial(1, "Stopped"), trial(2, loss=1.0),

@@ -335,8 +335,9 @@ def test_kubectl_apply_of_the_example_runs_it(cluster, operator):
     job = wait_for(lambda: jobs(cluster).get("digits-0000"), what="the example's first Job")
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[0].startswith("--lr=") and "--epochs=8" in args
-    listed = cluster.kubectl("get", "hps", "-n", NS, "-o", "json")
-    assert json.loads(listed.stdout)["items"][0]["status"]["phase"] == "Running"
+    # The status is written after the Job is created: wait for kubectl to show it.
+    wait_for(lambda: (json.loads(cluster.kubectl("get", "hps", "-n", NS, "-o", "json").stdout)["items"][0]
+                      .get("status") or {}).get("phase") == "Running", what="kubectl get hps showing Running")
 
 
 def test_editing_the_search_space_of_a_running_study_is_refused_with_a_condition(cluster, operator):
