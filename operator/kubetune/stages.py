@@ -174,7 +174,6 @@ class Outcome:
 
     result: dict[str, Any] = field(default_factory=dict)
     message: str = ""
-    best: Optional[TrialRecord] = None
     range_test: Optional[LrRangeTestStatus] = None
 
 
