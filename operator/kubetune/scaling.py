@@ -71,8 +71,8 @@ def lr_factor(study: HyperparameterStudy, parameters: Mapping[str, Any]) -> floa
     resolved = resolve(study.spec)
     if resolved is None:
         return 1.0
-    scaling, _, batch = resolved
-    return factor(scaling.rule, parameters[batch], scaling.base_batch_size)
+    settings, _, batch = resolved
+    return factor(settings.rule, parameters[batch], settings.base_batch_size)
 
 
 def effective_parameters(study: HyperparameterStudy, parameters: Mapping[str, Any]) -> Optional[dict[str, Any]]:
@@ -80,10 +80,10 @@ def effective_parameters(study: HyperparameterStudy, parameters: Mapping[str, An
     resolved = resolve(study.spec)
     if resolved is None:
         return None
-    _, lr, batch = resolved
+    settings, lr, batch = resolved
     if lr not in parameters or batch not in parameters:
         return None
-    scale = lr_factor(study, parameters)
+    scale = factor(settings.rule, parameters[batch], settings.base_batch_size)
     if scale == 1.0:
         return None
     return {**parameters, lr: float(f"{parameters[lr] * scale:.12g}")}

@@ -75,7 +75,8 @@ def stages(study: HyperparameterStudy) -> list[Stage]:
     spec = study.spec
     if spec.stages is None and spec.stage_preset is None:
         return [Stage(None, 0, tuple(spec.parameters), spec.strategy, None, "spec")]
-    groups: list[tuple[str, list[str], StrategySpec, Optional[int], str]] = []
+    # (name, parameter names, the stage's own strategy or None for spec.strategy, maxTrials, path)
+    groups: list[tuple[str, list[str], Optional[StrategySpec], Optional[int], str]] = []
     if spec.stages is not None:
         seen: dict[str, str] = {}
         names: set[str] = set()
@@ -109,35 +110,28 @@ def stages(study: HyperparameterStudy) -> list[Stage]:
             by_role = {role: [n for n in group if n != lr] for role, group in by_role.items()}
         for role in ROLE_PRIORITY:
             if by_role[role]:
-                groups.append((STAGE_NAMES[role], by_role[role], spec.strategy, None, "spec.stagePreset"))
-    _check_budget(study, groups)
+                groups.append((STAGE_NAMES[role], by_role[role], None, None, "spec.stagePreset"))
     seed = study_seed(study)
     result = []
-    for position, (name, names, strategy, max_trials, path) in enumerate(groups):
-        # Each stage draws its own sequence: the seed differs per stage, derived from its name.
-        # A stage's own strategy may set its seed; otherwise it derives from the study's and its name.
-        if strategy is None or strategy.seed is None:
-            stage_seed = (seed + zlib.crc32(name.encode())) & 0x7FFFFFFF
-            strategy = (strategy or spec.strategy).model_copy(update={"seed": stage_seed})
-        parameters = tuple(spec.parameter(n) for n in names)
+    for position, (name, names, own, max_trials, path) in enumerate(groups):
+        # Each stage draws its own sequence: unless its own strategy sets a seed, the seed is
+        # derived from the study's and the stage's name.
+        strategy = own or spec.strategy
+        if own is None or own.seed is None:
+            strategy = strategy.model_copy(update={"seed": (seed + zlib.crc32(name.encode())) & 0x7FFFFFFF})
         if strategy.name == RANGE_TEST:
-            max_trials = 1
-        result.append(Stage(name, position, parameters, strategy, max_trials, path))
-    return result
-
-
-def _check_budget(study: HyperparameterStudy, groups) -> None:
-    total = study.spec.budget.max_trials
-    given, shared = 0, 0
-    for name, _, strategy, max_trials, path in groups:
-        if strategy is not None and strategy.name == RANGE_TEST:
             if max_trials not in (None, 1):
                 raise StageError(f"{path}.maxTrials", "a learning-rate range test runs exactly one trial; leave maxTrials out")
             max_trials = 1
-        if max_trials is None:
-            shared += 1
-        else:
-            given += max_trials
+        result.append(Stage(name, position, tuple(spec.parameter(n) for n in names), strategy, max_trials, path))
+    _check_budget(study, result)
+    return result
+
+
+def _check_budget(study: HyperparameterStudy, all_stages: Sequence[Stage]) -> None:
+    total = study.spec.budget.max_trials
+    given = sum(s.max_trials for s in all_stages if s.max_trials is not None)
+    shared = sum(s.max_trials is None for s in all_stages)
     if total < given + shared:
         raise StageError("spec.budget.maxTrials", (
             f"the stages need at least {given + shared} trials ({given} set by stages, at least one for each of "
@@ -158,10 +152,11 @@ def budget(study: HyperparameterStudy, all_stages: Sequence[Stage], position: in
 def make_strategy(study: HyperparameterStudy, stage: Stage, max_trials: Optional[int] = None) -> Strategy:
     """The stage's strategy; `max_trials` is its budget (which auto's choice depends on)."""
     cls = STRATEGIES[stage.strategy.name]
-    budget = Budget(max_trials=max_trials or stage.max_trials or study.spec.budget.max_trials, parallel_trials=study.spec.budget.parallel_trials,
+    limits = Budget(max_trials=max_trials or stage.max_trials or study.spec.budget.max_trials,
+                    parallel_trials=study.spec.budget.parallel_trials,
                     max_failed_trials=study.spec.budget.max_failed_trials)
     seed = stage.strategy.seed if stage.name is not None else study_seed(study)
-    return cls(stage.parameters, study.spec.objective, seed, stage.strategy.settings, budget)
+    return cls(stage.parameters, study.spec.objective, seed, stage.strategy.settings, limits)
 
 
 def defaults(study: HyperparameterStudy) -> dict[str, Any]:
@@ -195,14 +190,15 @@ def range_test_outcome(study: HyperparameterStudy, stage: Stage, trial: TrialRec
         status.message = f"{exc}; {name} stays at its default {space.format_value(fallback[name])}"
         return Outcome(keep, status.message, range_test=status)
     # The trial ran at its batch size: undo the scaling to get the parameter's raw value.
-    value = choice.learning_rate / scaling.lr_factor(study, trial.parameters)
+    factor = scaling.lr_factor(study, trial.parameters)
+    raw = choice.learning_rate / factor
     parameter = study.spec.parameter(name)
-    clipped = min(max(value, parameter.min), parameter.max)
+    clipped = min(max(raw, parameter.min), parameter.max)
     value = float(f"{clipped:.6g}")
     message = choice.message
-    if scaling.lr_factor(study, trial.parameters) != 1.0:
+    if factor != 1.0:
         message += f"; {value:.3g} at the base batch size (spec.lrScaling)"
-    if clipped != choice.learning_rate / scaling.lr_factor(study, trial.parameters):
+    if clipped != raw:
         message += f"; clipped to the parameter's range [{parameter.min:g}, {parameter.max:g}]"
     status.learning_rate = value
     status.message = message
