@@ -108,6 +108,8 @@ def test_each_stage_fixes_the_earlier_stages_best_and_keeps_later_ones_at_defaul
     assert defaults == {"lr": pytest.approx(math.sqrt(1e-5)), "batch_size": 64, "weight_decay": pytest.approx(1e-4),
                         "width": 91, "momentum": pytest.approx(0.745)}
     settled: dict = {}
+    earlier: list = []
+    kept: list = []
     for stage in status.stages:
         mine = [t for t in trials if t.stage == stage.name]
         assert len(mine) == stage.trials
@@ -119,8 +121,19 @@ def test_each_stage_fixes_the_earlier_stages_best_and_keeps_later_ones_at_defaul
                 assert value == settled.get(name, defaults[name]), (stage.name, name)
         best = min(mine, key=lambda t: t.metrics["loss"])
         assert stage.best_trial == best.name
-        assert stage.result == {k: best.parameters[k] for k in stage.parameters}
+        # A stage's values replace those in use only if its best beats the incumbent: the best
+        # earlier trial that ran with the values in use.
+        incumbent = min((t for t in earlier if all(t.parameters[k] == v for k, v in stage.fixed.items())),
+                        key=lambda t: t.metrics["loss"], default=None)
+        if incumbent is None or best.metrics["loss"] < incumbent.metrics["loss"]:
+            assert stage.result == {k: best.parameters[k] for k in stage.parameters}
+        else:
+            assert stage.result == {k: incumbent.parameters[k] for k in stage.parameters}
+            assert incumbent.name in stage.message
+            kept.append(stage.name)
         settled.update(stage.result)
+        earlier += mine
+    assert kept  # this seed has a stage that found nothing better: both branches are checked
     assert status.best_trial.name == min(trials, key=lambda t: t.metrics["loss"]).name
     assert status.conditions[2].reason == "StagesCompleted"
 

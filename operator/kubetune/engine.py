@@ -255,8 +255,9 @@ def _advance(study: HyperparameterStudy, all_stages: Sequence[stages.Stage], tri
     next_index = max((t.index for t in trials), default=-1) + 1
     started = {t.stage for t in trials}
     spent = 0
+    earlier: list[TrialRecord] = []  # the trials of the stages already over
     for position, stage in enumerate(all_stages):
-        names = {p.name for p in stage.parameters}
+        names = [p.name for p in stage.parameters]
         limit = stages.budget(study, all_stages, position, spent)
         strategy = stages.make_strategy(study, stage, limit)
         status = StageStatus(name=stage.name or "", parameters=sorted(names, key=order.index),
@@ -294,15 +295,30 @@ def _advance(study: HyperparameterStudy, all_stages: Sequence[stages.Stage], tri
             outcome = stages.range_test_outcome(study, stage, mine[-1], fixed)
             progress.range_test = outcome.range_test
             result, status.message = outcome.result, outcome.message
-        elif best is not None:
-            result = {k: best.parameters[k] for k in names}
-            status.message = f"best of {used} trials: {best.name}"
         else:
-            result = {k: fixed[k] for k in names}
-            status.message = "no trial succeeded; the parameters stay at their defaults"
+            result, status.message = _stage_result(study, names, status.fixed, fixed, mine, earlier, best)
         status.result = result
         fixed.update(result)
+        earlier += mine
     return progress
+
+
+def _stage_result(study: HyperparameterStudy, names: Sequence[str], held: dict[str, Any], in_use: dict[str, Any],
+                  mine: Sequence[TrialRecord], earlier: Sequence[TrialRecord],
+                  best: Optional[TrialRecord]) -> tuple[dict[str, Any], str]:
+    """The values a finished stage passes on, and why.
+
+    One change at a time: the stage's values replace those in use only when its best trial
+    beats every earlier trial that ran with the values in use (the incumbent, which the
+    stage's own parameters had at their current values). Otherwise they stay as they are."""
+    incumbent = best_trial(study, [t for t in earlier if all(t.parameters.get(k) == v for k, v in held.items())])
+    if best is not None and (incumbent is None or best_trial(study, [incumbent, best]) is best):
+        used = sum(t.phase != "Stopped" for t in mine)
+        return {k: best.parameters[k] for k in names}, f"best of {used} trials: {best.name}"
+    kept = {k: in_use[k] for k in names}
+    if incumbent is not None:
+        return kept, f"no trial of this stage beat {incumbent.name}, which ran with the values in use; they stay"
+    return kept, "no trial succeeded; the parameters stay at their defaults"
 
 
 def _new_trials(
