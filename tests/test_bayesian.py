@@ -141,15 +141,32 @@ def test_past_max_model_trials_the_model_sees_a_subset_that_keeps_the_best(monke
     cube = UnitCube(space)
     history = [done(i, p, sum((v - 0.3) ** 2 for v in p.values()))
                for i, p in enumerate(cube.decode(row) for row in sobol_points(5, 0, 0, 1000).tolist())]
-    kept = []
+    kept, fitted = [], []
     real_subset = bayesian._Suggestion._subset
+    real_fit = bayesian._GaussianProcess.fit.__func__
     monkeypatch.setattr(bayesian._Suggestion, "_subset",
-                        lambda self, x, y: kept.append(real_subset(self, x, y)) or kept[-1])
+                        lambda self, x, y, limit: kept.append(real_subset(self, x, y, limit)) or kept[-1])
+    monkeypatch.setattr(bayesian._GaussianProcess, "fit",
+                        classmethod(lambda cls, x, y, *rest, **kw: fitted.append(len(y)) or real_fit(cls, x, y, *rest, **kw)))
+    conditioned = []
+    real_log_ei = bayesian._GaussianProcess.log_ei
+    monkeypatch.setattr(bayesian._GaussianProcess, "log_ei",
+                        lambda gp, x, incumbent: conditioned.append(len(gp.y)) or real_log_ei(gp, x, incumbent))
     BayesianStrategy(space, MINIMIZE, 0, {"maxModelTrials": 100}).suggest(1000, history)
-    [(x, y, keep)] = kept
+    (x, y, keep), (_, _, fit_keep) = kept
     assert len(x) == len(y) == 100
     best_fifty = sorted(range(1000), key=lambda i: history[i].metrics["loss"])[:50]
     assert set(best_fifty) <= set(keep.tolist())
+    # The kernel is fitted on 64 of those 100, the best 32 among them; the model the
+    # acquisition reads is conditioned on all 100.
+    assert fitted == [64] and len(fit_keep) == 64
+    assert set(ranks(y)[:32]) <= set(fit_keep.tolist())
+    assert set(conditioned) == {100}
+
+
+def ranks(values) -> list[int]:
+    """Positions of `values`, best (lowest) first."""
+    return sorted(range(len(values)), key=lambda i: float(values[i]))
 
 
 def test_settings_are_checked():
@@ -174,9 +191,9 @@ def test_a_suggestion_runs_torch_on_one_thread_and_restores_the_setting(monkeypa
     seen = []
     fit = bayesian._GaussianProcess.fit.__func__
 
-    def spy(cls, *args):
+    def spy(cls, *args, **kwargs):
         seen.append(torch.get_num_threads())
-        return fit(cls, *args)
+        return fit(cls, *args, **kwargs)
 
     monkeypatch.setattr(bayesian._GaussianProcess, "fit", classmethod(spy))
     previous = torch.get_num_threads()

@@ -41,13 +41,16 @@ from kubetune.trials import TrialRecord
 
 SOBOL_CANDIDATES = 512
 LOCAL_CANDIDATES = 512
-#: Past this many observations a suggestion takes two shortcuts that keep it fast (under 50 ms
+#: Past this many observations a suggestion takes three shortcuts that keep it fast (under 50 ms
 #: at 100 observations on one core): the acquisition is first scored on half as many
 #: candidates (each costs time in proportion to the observations; the local refinement
-#: rounds still search around the best of them), and the fit stops at a looser tolerance
-#: with a shorter L-BFGS memory (with this many observations the likelihood is sharp, and
-#: the last digits of the hyperparameters do not move the suggestion). Studies of up to 64
-#: trials never take them.
+#: rounds still search around the best of them); the kernel's hyperparameters are fitted on
+#: this many of the observations (the best half and those nearest the incumbent; 64 points
+#: pin down a lengthscale per parameter, and every step of the fit factorises a matrix as
+#: large as its data), and the model is then conditioned on all of them; and the fit stops at
+#: a looser tolerance with a shorter L-BFGS memory (with this many observations the
+#: likelihood is sharp, and the last digits of the hyperparameters do not move the
+#: suggestion). Studies of up to 64 trials never take them.
 FEWER_CANDIDATES_AFTER = 64
 REFINE_ROUNDS = (0.1, 0.05, 0.025, 0.012, 0.006)  # perturbation scales of the local refinement rounds
 REFINE_ANCHORS = 4
@@ -207,8 +210,11 @@ class _Suggestion:
         torch = self.torch
         observed = self.features(self.u)
         y = _warp(_standardise(self.y_raw, torch), torch)
-        x, y, keep = self._subset(observed, y)
-        gp = _GaussianProcess.fit(x, y, self.features, torch)
+        x, y, keep = self._subset(observed, y, self.strategy.max_model_trials)
+        fit_x, fit_y, _ = self._subset(x, y, FEWER_CANDIDATES_AFTER)
+        gp = _GaussianProcess.fit(fit_x, fit_y, self.features, torch, loose=len(y) > FEWER_CANDIDATES_AFTER)
+        if len(fit_y) < len(y):
+            gp = _GaussianProcess(x, y, *gp.params, torch)
         incumbent = float(y[self.is_result[keep]].min())
         pending = self.features(self.pending_u)
         if len(pending):
@@ -217,10 +223,10 @@ class _Suggestion:
         return self._maximise(lambda candidates: gp.log_ei(candidates, incumbent), anchors,
                               taken=torch.cat([observed, pending]))
 
-    def _subset(self, x, y):
-        """All observations, or past maxModelTrials the best half and those nearest the incumbent."""
+    def _subset(self, x, y, limit: int):
+        """All observations, or past `limit` the best half and those nearest the incumbent."""
         torch = self.torch
-        n, limit = len(y), self.strategy.max_model_trials
+        n = len(y)
         if n <= limit:
             return x, y, torch.arange(n)
         order = torch.argsort(y, stable=True)
@@ -364,7 +370,7 @@ class _GaussianProcess:
         return self.signal * _matern52(a * self.inverse_lengthscale, b * self.inverse_lengthscale, self.torch)
 
     @classmethod
-    def fit(cls, x, y, features, torch) -> "_GaussianProcess":
+    def fit(cls, x, y, features, torch, loose: bool = False) -> "_GaussianProcess":
         """Maximum a posteriori hyperparameters, by L-BFGS from the priors' centres.
 
         The gradient is written out rather than taken by autograd: it is a few matrix products
@@ -418,11 +424,10 @@ class _GaussianProcess:
             theta.grad = grad / n
             return torch.tensor(value / n, dtype=torch.float64)
 
-        large = n > FEWER_CANDIDATES_AFTER
         optimiser = torch.optim.LBFGS([theta], lr=1.0, max_iter=FIT_ITERATIONS, line_search_fn="strong_wolfe",
-                                      tolerance_grad=1e-3 if large else 1e-4,
-                                      tolerance_change=1e-5 if large else 1e-7,
-                                      history_size=10 if large else 100)
+                                      tolerance_grad=1e-3 if loose else 1e-4,
+                                      tolerance_change=1e-5 if loose else 1e-7,
+                                      history_size=10 if loose else 100)
         optimiser.step(objective)
         theta = torch.maximum(torch.minimum(theta.detach(), upper), lower)
         if not bool(torch.isfinite(theta).all()):
