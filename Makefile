@@ -78,7 +78,7 @@ bench-lr-range: $(BENCH_STAMP)
 bench-operator: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench_operator.py
 
-## bench-strategies: sample efficiency (10 seeds, 30 trials) and suggestion latency of the strategies beside Optuna's (~16 min on 2 cores)
+## bench-strategies: sample efficiency (20 seeds, 30 trials) and suggestion latency of the strategies beside Optuna's (~20 min on 2 cores)
 bench-strategies: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench_strategies.py
 

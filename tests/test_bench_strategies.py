@@ -36,17 +36,29 @@ def test_smoke_run_writes_the_table_and_the_json(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 0
 
 
-def test_scoring_normalises_to_random_search_first_trial_and_the_optimum():
+def test_scoring_normalises_to_random_search_typical_trial_and_the_optimum():
     bench = load_bench()
     runs = [{"contender": "random", "problem": "branin", "seed": s, "batch": 1, "values": v, "seconds": 0.0}
             for s, v in enumerate([[10.397887, 5.397887], [20.397887, 0.397887], [30.397887, 20.397887]])]
-    scored = bench.score(runs, ["branin"], budget=2)
+    scored = bench.score(runs, ["branin"], budget=2, draws=0)
     [row] = scored["rows"]
-    # median first value 20.4 -> scale 20: seeds end at 0.25, 0 and 1.
-    assert scored["curves"]["branin"]["1"]["random"][0] == (0.5 + 1.0 + 1.5) / 3
-    assert abs(row["regret@2"] - (0.25 + 0.0 + 1.0) / 3) < 1e-9
-    # The target is random search's median final regret (0.25): two seeds of three reach it, by trial 2.
-    assert row["target"] == 0.25 and row["trials_to_target"] == 2
+    # Six random trials, median 15.4 -> scale 15: the seeds start at 2/3, 4/3 and 2 and end at 1/3, 0 and 4/3.
+    assert abs(scored["curves"]["branin"]["1"]["random"][0] - 4 / 3) < 1e-9
+    assert abs(row["regret@2"] - (1 / 3 + 0.0 + 4 / 3) / 3) < 1e-9
+    # Half the time two trials reach the level one random trial in 1 - 0.5^(1/2) = 29% reaches:
+    # the second best of six (5.4, regret 1/3). Two seeds of three get there, by trial 2.
+    assert abs(row["target"] - 1 / 3) < 1e-9 and row["trials_to_target"] == 2
+    # A third of the draws reach it, so random search needs ceil(log 0.5 / log(2/3)) = 2 trials.
+    assert scored["baselines"]["branin"] == {"draws": 6, "random_needs": 2}
+
+
+def test_a_synthetic_baseline_adds_random_draws_and_needs_about_the_budget():
+    bench = load_bench()
+    runs = [{"contender": "random", "problem": "branin", "seed": 0, "batch": 1, "values": [5.0] * 30, "seconds": 0.0}]
+    scored = bench.score(runs, ["branin"], budget=30, draws=3000)
+    assert scored["baselines"]["branin"]["draws"] == 3030
+    # The level is the quantile random search reaches half the time in 30 trials, so it needs about 30.
+    assert 25 <= scored["baselines"]["branin"]["random_needs"] <= 35
 
 
 def test_first_seed_moves_the_seeds_for_a_held_out_check(tmp_path):
