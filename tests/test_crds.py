@@ -391,6 +391,35 @@ def test_study_transition_rules(new: dict[str, Any], messages: list[str]) -> Non
     assert failed_rules(STUDY_SCHEMA, new, old=VALID_STUDY) == messages
 
 
+STAGED_STUDY = _changed(VALID_STUDY, lambda m: m["spec"].update(
+    lrScaling={"rule": "linear", "baseBatchSize": 64},
+    stages=[{"name": "lr", "parameters": ["lr"], "maxTrials": 4}, {"name": "rest", "parameters": ["dropout", "layers"]}]))
+PRESET_STUDY = _changed(VALID_STUDY, lambda m: m["spec"].update(stagePreset={"name": "priority", "lrRangeTest": {}}))
+STAGES_MESSAGE = "stages are immutable: finished stages have fixed values the later ones build on; create a new study to change them"
+
+
+@pytest.mark.parametrize(
+    "old, new, messages",
+    [
+        pytest.param(STAGED_STUDY, _changed(STAGED_STUDY, lambda m: m["spec"]["budget"].update(maxTrials=40)), [],
+                     id="more-trials"),
+        pytest.param(STAGED_STUDY, _changed(STAGED_STUDY, lambda m: m["spec"]["lrScaling"].update(rule="sqrt")),
+                     ["lrScaling is immutable: trials scaled two ways are not comparable; create a new study to change it"],
+                     id="lr-scaling-rule"),
+        pytest.param(STAGED_STUDY, _changed(STAGED_STUDY, lambda m: m["spec"]["stages"][0].update(maxTrials=8)),
+                     [STAGES_MESSAGE], id="stage-budget"),
+        pytest.param(STAGED_STUDY, _changed(STAGED_STUDY, lambda m: m["spec"]["stages"].reverse()),
+                     [STAGES_MESSAGE], id="stage-order"),
+        pytest.param(PRESET_STUDY, _changed(PRESET_STUDY, lambda m: m["spec"]["stagePreset"].update(lrRangeTest={"steps": 50})),
+                     ["stagePreset is immutable: finished stages have fixed values the later ones build on; create a new study to change it"],
+                     id="preset-range-test"),
+    ],
+)
+def test_staging_and_lr_scaling_cannot_change_once_set(old: dict[str, Any], new: dict[str, Any], messages: list[str]) -> None:
+    assert failed_rules(STUDY_SCHEMA, old) == []
+    assert failed_rules(STUDY_SCHEMA, new, old=old) == messages
+
+
 @pytest.mark.parametrize(
     "new, messages",
     [

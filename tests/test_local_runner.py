@@ -142,7 +142,18 @@ def test_resuming_into_a_folder_of_another_search_space_is_refused(quadratic_stu
     result = subprocess.run([sys.executable, "-m", "kubetune.cli", "run", str(other), "-o", str(tmp_path / "out")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "different parameters" in result.stderr and "Traceback" not in result.stderr
+    assert "different spec.parameters" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_resuming_with_other_stages_is_refused_naming_the_field(quadratic_study, tmp_path):
+    parameters = [{"name": "x", "type": "float", "min": -1.0, "max": 1.0}, {"name": "y", "type": "float", "min": -1.0, "max": 1.0}]
+    stages = [{"name": "first", "parameters": ["x"], "maxTrials": 1}, {"name": "second", "parameters": ["y"]}]
+    run(quadratic_study(parameters, stages=stages, budget={"maxTrials": 2}), tmp_path / "out")
+    other = quadratic_study(parameters, stages=list(reversed(stages)), budget={"maxTrials": 2})
+    result = subprocess.run([sys.executable, "-m", "kubetune.cli", "run", str(other), "-o", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "different spec.stages" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_interrupted_run_keeps_finished_trials_and_resumes(quadratic_study, tmp_path):

@@ -16,6 +16,7 @@ import kopf
 import pytest
 
 from kubetune.cluster.builders import STUDY_LABEL, TRIAL_LABEL
+from kubetune.operator import reconcile
 from kubetune.operator.reconcile import OperatorConfig
 from kubetune.strategies import make_strategy
 
@@ -338,6 +339,36 @@ def test_kubectl_apply_of_the_example_runs_it(cluster, operator):
     # The status is written after the Job is created: wait for kubectl to show it.
     wait_for(lambda: (json.loads(cluster.kubectl("get", "hps", "-n", NS, "-o", "json").stdout)["items"][0]
                       .get("status") or {}).get("phase") == "Running", what="kubectl get hps showing Running")
+
+
+def test_editing_the_stages_of_a_running_study_is_refused_naming_the_field(cluster, operator):
+    operator()
+    parameters = [{"name": "x", "type": "float", "min": -1.0, "max": 1.0}, {"name": "y", "type": "float", "min": -1.0, "max": 1.0}]
+    stages = [{"name": "first", "parameters": ["x"], "maxTrials": 2}, {"name": "second", "parameters": ["y"]}]
+    cluster.create(study(parameters=parameters, stages=stages, budget={"maxTrials": 4, "parallelTrials": 1}))
+    wait_for(lambda: jobs(cluster).get("quad-0000"), what="the first Job")
+    # The emulator runs no CEL (a real API server refuses this edit): the operator's own check.
+    edited = [dict(stages[0], maxTrials=3), stages[1]]
+    cluster.patch(STUDIES, NS, "quad", {"spec": {"stages": edited}})
+    ready = wait_for(lambda: (lambda c: c if (c or {}).get("reason") == "ImmutableFieldChanged" else None)(
+        condition(get_study(cluster), "Ready")), what="Ready=False ImmutableFieldChanged")
+    assert ready["message"].startswith("spec.stages changed after the study started")
+    succeed(cluster, jobs(cluster)["quad-0000"], {"loss": 0.5})
+    cluster.patch(STUDIES, NS, "quad", {"spec": {"stages": stages}})
+    wait_for(lambda: jobs(cluster).get("quad-0001"), what="the study to continue")
+    assert trials(cluster)["quad-0000"]["status"]["metrics"]["loss"] == 0.5
+
+
+def test_an_older_operators_fingerprint_is_accepted_and_still_catches_an_edit():
+    study_ = make_study()
+    fields = study_.spec.immutable_fields()
+    legacy = reconcile._digest({"parameters": fields["parameters"], "objective": fields["objective"]})
+    assert reconcile.changed_fields(study_, legacy) == []
+    edited = make_study([{"name": "x", "type": "float", "min": -1.0, "max": 2.0}])
+    assert reconcile.changed_fields(edited, legacy) == ["parameters", "objective"]
+    # The current form names exactly the field that changed, including one added later.
+    current = json.dumps(reconcile.immutable_digests(study_))
+    assert reconcile.changed_fields(make_study(lrScaling={"rule": "linear", "baseBatchSize": 64}), current) == ["lrScaling"]
 
 
 def test_editing_the_search_space_of_a_running_study_is_refused_with_a_condition(cluster, operator):

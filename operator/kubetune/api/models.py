@@ -46,6 +46,12 @@ TERMINAL_TRIAL_PHASES = frozenset({"Succeeded", "Failed", "Pruned", "Stopped"})
 ACTIVE_TRIAL_PHASES = frozenset({"Pending", "Running"})
 
 
+#: Spec fields (wire names) that may not change once a study has trials: a change would make
+#: its trials incomparable (objective, parameters, lrScaling) or contradict the values its
+#: finished stages fixed (stages, stagePreset).
+IMMUTABLE_FIELDS = ("objective", "parameters", "lrScaling", "stages", "stagePreset")
+
+
 def cel_rules(*rules: tuple[str, str]) -> dict[str, Any]:
     """JSON-schema extra carrying CEL rules as (rule, message) pairs."""
     return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]}
@@ -482,7 +488,11 @@ class TrialTemplate(ApiModel):
 
 
 class StudySpec(ApiModel):
-    """The desired study: what to optimise, over which space, how, and with what budget."""
+    """The desired study: what to optimise, over which space, how, and with what budget.
+
+    IMMUTABLE_FIELDS may not change once trials exist: the API server's CEL rules refuse an
+    edit, and both bodies also check (an API server without CEL, or a local output folder).
+    """
 
     objective: Objective = Field(
         description="The metric to optimise; immutable after creation.",
@@ -506,23 +516,31 @@ class StudySpec(ApiModel):
     budget: Budget = Field(default_factory=Budget, description="Trial budget and parallelism.")
     lr_scaling: Optional[LrScaling] = Field(
         default=None,
-        description="Scale the learning rate each trial gets with its batch size (linear or square-root rule). The search (and status) works on the raw value; ${params.LR} and KUBETUNE_PARAMS carry the scaled one, ${raw.LR} and KUBETUNE_RAW_PARAMS the raw one.",
+        description="Scale the learning rate each trial gets with its batch size (linear or square-root rule). The search (and status) works on the raw value; ${params.LR} and KUBETUNE_PARAMS carry the scaled one, ${raw.LR} and KUBETUNE_RAW_PARAMS the raw one. Immutable once set.",
+        json_schema_extra=cel_rules(("self == oldSelf", "lrScaling is immutable: trials scaled two ways are not comparable; create a new study to change it")),
     )
     stages: Optional[list[Stage]] = Field(
         default=None,
         min_length=1,
         max_length=32,
-        description="Tune in stages, one group of parameters at a time, each stage with its own budget and strategy; later stages fix the earlier stages' parameters at their best values.",
+        description="Tune in stages, one group of parameters at a time, each stage with its own budget and strategy; later stages fix the earlier stages' parameters at their best values. Immutable once set.",
+        json_schema_extra=cel_rules(("self == oldSelf", "stages are immutable: finished stages have fixed values the later ones build on; create a new study to change them")),
     )
     stage_preset: Optional[StagePreset] = Field(
         default=None,
-        description="Build the stages from the parameters' roles instead of listing them (the priority preset); cannot be combined with stages.",
+        description="Build the stages from the parameters' roles instead of listing them (the priority preset); cannot be combined with stages. Immutable once set.",
+        json_schema_extra=cel_rules(("self == oldSelf", "stagePreset is immutable: finished stages have fixed values the later ones build on; create a new study to change it")),
     )
     suspend: bool = Field(
         default=False,
         description="Suspend the study: running trials are stopped and no new ones start until it is set back to false.",
     )
     trial_template: TrialTemplate = Field(description="How each trial runs.")
+
+    def immutable_fields(self) -> dict[str, Any]:
+        """Each immutable field that is set, by its wire name, in its wire form."""
+        wire = self.to_wire()
+        return {name: wire[name] for name in IMMUTABLE_FIELDS if name in wire}
 
     @field_validator("parameters")
     @classmethod

@@ -28,6 +28,7 @@ import yaml
 from kubetune import scaling
 from kubetune.api.models import (
     API_VERSION,
+    IMMUTABLE_FIELDS,
     TERMINAL_TRIAL_PHASES,
     HyperparameterStudy,
     HyperparameterTrial,
@@ -77,12 +78,14 @@ class StudyStore:
         manifest = root / "study.yaml"
         if manifest.exists():
             previous = HyperparameterStudy.model_validate(yaml.safe_load(manifest.read_text()))
-            for field in ("parameters", "objective"):
-                if getattr(previous.spec, field) != getattr(study.spec, field):
-                    raise OutputConflict(
-                        f"{root} holds results of study {previous.metadata.name!r} with different {field}; "
-                        f"resuming would mix incomparable trials. Use another --output folder, or --restart to discard them."
-                    )
+            before, now = previous.spec.immutable_fields(), study.spec.immutable_fields()
+            changed = [name for name in IMMUTABLE_FIELDS if before.get(name) != now.get(name)]
+            if changed:
+                raise OutputConflict(
+                    f"{root} holds results of study {previous.metadata.name!r} with different "
+                    f"{', '.join('spec.' + name for name in changed)}; resuming would mix incomparable trials. "
+                    f"Restore the original values, use another --output folder, or --restart to discard them."
+                )
             if previous.metadata.name != study.metadata.name:
                 raise OutputConflict(
                     f"{root} holds results of study {previous.metadata.name!r}, not {study.metadata.name!r}; "

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional, Sequence
 from pydantic import ValidationError
 
 from kubetune.api.models import (
+    IMMUTABLE_FIELDS,
     MAX_INTERMEDIATE_REPORTS,
     TERMINAL_TRIAL_PHASES,
     Condition,
@@ -105,10 +106,29 @@ class Observed:
     statuses: dict[str, dict] = field(default_factory=dict)  # each trial's status as observed
 
 
-def search_space_digest(study: HyperparameterStudy) -> str:
-    """A fingerprint of the immutable fields, to notice edits the API server let through."""
-    data = {"parameters": [p.to_wire() for p in study.spec.parameters], "objective": study.spec.objective.to_wire()}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+def immutable_digests(study: HyperparameterStudy) -> dict[str, str]:
+    """A fingerprint of each immutable field that is set, to notice edits the API server let
+    through (one without CEL): recorded on the study when first seen, compared ever after."""
+    return {name: _digest(value) for name, value in study.spec.immutable_fields().items()}
+
+
+def changed_fields(study: HyperparameterStudy, recorded: str) -> list[str]:
+    """The immutable fields whose fingerprint differs from the recorded annotation's."""
+    now = immutable_digests(study)
+    try:
+        before = json.loads(recorded)
+    except ValueError:
+        before = None
+    if not isinstance(before, dict):
+        # Recorded by an older operator, which fingerprinted parameters and objective together.
+        fields = study.spec.immutable_fields()
+        same = recorded == _digest({"parameters": fields["parameters"], "objective": fields["objective"]})
+        return [] if same else ["parameters", "objective"]
+    return [name for name in IMMUTABLE_FIELDS if before.get(name) != now.get(name)]
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def previous_status(body: Mapping[str, Any]) -> Optional[StudyStatus]:
@@ -178,15 +198,16 @@ class Reconciler:
         except StudyInvalid as exc:
             return self._invalid(body, previous, memory, "InvalidSpec", exc.summary(), now)
         study.metadata.namespace = namespace
-        digest = search_space_digest(study)
         recorded = (meta.get("annotations") or {}).get(SEARCH_SPACE_ANNOTATION)
-        if recorded is None:
-            self.api.annotate_study(namespace, name, {SEARCH_SPACE_ANNOTATION: digest})
-        elif recorded != digest:
+        changed = changed_fields(study, recorded) if recorded is not None else []
+        if changed:
             return self._invalid(
                 body, previous, memory, "ImmutableFieldChanged",
-                "spec.parameters or spec.objective changed after the study started; its trials would no longer be "
-                "comparable. Restore the original values, or create a new study for the new search space.", now)
+                f"{', '.join('spec.' + field for field in changed)} changed after the study started; its trials "
+                "would no longer be comparable. Restore the original values, or create a new study for the change.", now)
+        current = json.dumps(immutable_digests(study), sort_keys=True, separators=(",", ":"))
+        if recorded != current:  # first seen, or recorded by an older operator
+            self.api.annotate_study(namespace, name, {SEARCH_SPACE_ANNOTATION: current})
 
         observed = self._observe(study, trials, jobs, pods, now, memory)
         status_plan: Optional[Plan] = None
