@@ -332,7 +332,7 @@ def markdown(scored: dict[str, Any], budget: int, latency_rows: list[dict[str, A
            f"normalised regret: optimum 0, the median random-search trial 1 (mean over seeds; lower is better); "
            f"trials to target: median trials to reach the level random search reaches half the time within {budget} trials "
            f"('-': not reached by half the seeds). The random baseline pools every random trial of the run, plus "
-           f"20,000 random draws on synthetic problems.", ""]
+           f"extra random draws on synthetic problems ('baselines' in the JSON).", ""]
     rows = scored["rows"]
     if rows:
         ats = report_points(budget)
@@ -402,7 +402,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--contenders", nargs="+", default=list(KUBETUNE + OPTUNA), choices=list(KUBETUNE + OPTUNA + ("sobol",)))
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--first-seed", type=int, default=0,
-                        help="seeds are first-seed .. first-seed+seeds-1; the defaults (0-9) are what the strategy was "
+                        help="seeds are first-seed .. first-seed+seeds-1; the defaults (0-19) are what the strategy was "
                              "tuned on, so confirm a change on others (e.g. --first-seed 100)")
     parser.add_argument("--budget", type=int, default=30)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
