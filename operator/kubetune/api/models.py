@@ -48,7 +48,8 @@ ACTIVE_TRIAL_PHASES = frozenset({"Pending", "Running"})
 
 #: Spec fields (wire names) that may not change once a study has trials: a change would make
 #: its trials incomparable (objective, parameters, lrScaling) or contradict the values its
-#: finished stages fixed (stages, stagePreset).
+#: finished stages fixed (stages, stagePreset). CEL rules on the fields refuse an edit; both
+#: bodies also compare (an API server without CEL, a field added later, a local output folder).
 IMMUTABLE_FIELDS = ("objective", "parameters", "lrScaling", "stages", "stagePreset")
 
 
@@ -488,11 +489,7 @@ class TrialTemplate(ApiModel):
 
 
 class StudySpec(ApiModel):
-    """The desired study: what to optimise, over which space, how, and with what budget.
-
-    IMMUTABLE_FIELDS may not change once trials exist: the API server's CEL rules refuse an
-    edit, and both bodies also check (an API server without CEL, or a local output folder).
-    """
+    """The desired study: what to optimise, over which space, how, and with what budget."""
 
     objective: Objective = Field(
         description="The metric to optimise; immutable after creation.",
