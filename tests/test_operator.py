@@ -407,6 +407,18 @@ def test_events_and_metrics_report_what_happened(cluster, operator):
     assert REGISTRY.get_sample_value("kubetune_suggestion_duration_seconds_count") > 0
 
 
+def test_tuning_advice_is_posted_once_as_an_event(cluster, operator):
+    operator()
+    parameters = [{"name": "x", "type": "float", "min": -1.0, "max": 1.0}, {"name": "lr", "type": "float", "min": 1e-5, "max": 0.1}]
+    cluster.create(study(parameters=parameters, budget={"maxTrials": 2, "parallelTrials": 1}))
+    finish_all(cluster, max_parallel=1, total=2)
+    wait_for(phase_is(cluster, "Succeeded"), what="study Succeeded")
+    wait_for(lambda: "MaxTrialsReached" in {e["reason"] for e in cluster.list("v1/events", NS)}, what="the final event")
+    advice = [e for e in cluster.list("v1/events", NS) if e["reason"] == "TuningAdvice"]
+    assert len(advice) == 1 and advice[0]["type"] == "Normal"  # several reconciles, one event
+    assert advice[0]["message"].startswith("spec.parameters[1].scale: lr spans 4 orders of magnitude")
+
+
 def test_the_operator_command_serves_health_and_metrics_and_runs_studies(cluster):
     import os
     import subprocess

@@ -135,9 +135,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except StudyInvalid as exc:
         print(exc.report(), file=sys.stderr)
         return EXIT_INVALID
+    from kubetune.advice import advise
+
+    advice = [f"advice: {a}" for a in advise(study)]
     if args.command == "validate":
-        print(f"{args.study}: valid HyperparameterStudy {study.metadata.name!r}")
+        print("\n".join([f"{args.study}: valid HyperparameterStudy {study.metadata.name!r}"] + advice))
         return 0
+    for line in advice:
+        print(line, file=sys.stderr)
     return _run(args, study)
 
 

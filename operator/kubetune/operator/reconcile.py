@@ -27,6 +27,7 @@ from kubetune.api.models import (
     HyperparameterStudy,
     StudyStatus,
 )
+from kubetune.advice import advise
 from kubetune.api.validation import StudyInvalid, parse_study
 from kubetune.cluster import observe
 from kubetune.cluster.builders import build_job, build_trial
@@ -208,6 +209,8 @@ class Reconciler:
         current = json.dumps(immutable_digests(study), sort_keys=True, separators=(",", ":"))
         if recorded != current:  # first seen, or recorded by an older operator
             self.api.annotate_study(namespace, name, {SEARCH_SPACE_ANNOTATION: current})
+        # Posted once, when the study is first seen (the annotation is written in the same step).
+        advice_events = [("Normal", "TuningAdvice", str(a)) for a in advise(study)] if recorded is None else []
 
         observed = self._observe(study, trials, jobs, pods, now, memory)
         status_plan: Optional[Plan] = None
@@ -229,7 +232,7 @@ class Reconciler:
         best = status.best_trial.objective if status.best_trial else None
         metrics.record_study(namespace, name, status.phase, counts, best)
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - began)
-        return Outcome(status.phase, self._events(previous, status, observed))
+        return Outcome(status.phase, advice_events + self._events(previous, status, observed))
 
     # -- observing ---------------------------------------------------------------------
 
