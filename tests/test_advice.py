@@ -45,6 +45,16 @@ def test_the_role_decides_not_only_the_name():
     assert not fields([{"name": "lr", "type": "float", "min": 1e-4, "max": 1.0, "role": "other"}])
 
 
+def test_a_grid_over_many_parameters_is_told_to_search_randomly():
+    four = [LOG_LR, {"name": "dropout", "type": "float", "min": 0.0, "max": 0.5},
+            {"name": "width", "type": "int", "min": 16, "max": 256, "scale": "pow2"},
+            {"name": "optimizer", "type": "categorical", "values": ["sgd", "adam"]}]
+    [advice] = advise(make_study(four, strategy={"name": "grid"}))
+    assert advice.field == "spec.strategy.name" and advice.message.startswith("a grid over 4 parameters")
+    assert advise(make_study(four[:3], strategy={"name": "grid"})) == []
+    assert advise(make_study(four, strategy={"name": "random"})) == []
+
+
 @pytest.mark.parametrize("parameter", [
     LOG_LR,
     {"name": "dropout", "type": "float", "min": 0.0, "max": 0.5},  # a regularisation rate, rightly linear

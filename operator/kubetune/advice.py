@@ -18,6 +18,8 @@ from kubetune.api.models import HyperparameterStudy, Parameter
 
 #: A range whose max/min is at least this is "several orders of magnitude": log-uniform territory.
 WIDE_RATIO = 100.0
+#: Past this many searched parameters random search beats a grid (the practitioner's "more than 2-3").
+GRID_PARAMETERS = 3
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,15 @@ class Advice:
 def advise(study: HyperparameterStudy) -> list[Advice]:
     """Advice on the study's spec, in the order of its fields."""
     found: list[Advice] = []
-    for i, parameter in enumerate(study.spec.parameters):
+    parameters = study.spec.parameters
+    for i, parameter in enumerate(parameters):
         found.extend(_parameter_advice(f"spec.parameters[{i}]", parameter))
+    searched = [p for p in parameters if p.type != "categorical" or len(p.values or []) > 1]
+    if study.spec.strategy.name == "grid" and len(searched) > GRID_PARAMETERS:
+        found.append(Advice("spec.strategy.name", (
+            f"a grid over {len(searched)} parameters tries each at only a few values, so the one that matters most "
+            f"gets few distinct values however many trials run. Random search gives every trial a new value of every "
+            f"parameter: use auto, bayesian or random, and a grid for up to {GRID_PARAMETERS} parameters.")))
     return found
 
 
