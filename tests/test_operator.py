@@ -363,12 +363,13 @@ def test_an_older_operators_fingerprint_is_accepted_and_still_catches_an_edit():
     study_ = make_study()
     fields = study_.spec.immutable_fields()
     legacy = reconcile._digest({"parameters": fields["parameters"], "objective": fields["objective"]})
-    assert reconcile.changed_fields(study_, legacy) == []
+    assert reconcile.changed_fields(study_, legacy, reconcile.immutable_digests(study_)) == []
     edited = make_study([{"name": "x", "type": "float", "min": -1.0, "max": 2.0}])
-    assert reconcile.changed_fields(edited, legacy) == ["parameters", "objective"]
+    assert reconcile.changed_fields(edited, legacy, reconcile.immutable_digests(edited)) == ["parameters", "objective"]
     # The current form names exactly the field that changed, including one added later.
     current = json.dumps(reconcile.immutable_digests(study_))
-    assert reconcile.changed_fields(make_study(lrScaling={"rule": "linear", "baseBatchSize": 64}), current) == ["lrScaling"]
+    scaled = make_study(lrScaling={"rule": "linear", "baseBatchSize": 64})
+    assert reconcile.changed_fields(scaled, current, reconcile.immutable_digests(scaled)) == ["lrScaling"]
 
 
 def test_editing_the_search_space_of_a_running_study_is_refused_with_a_condition(cluster, operator):

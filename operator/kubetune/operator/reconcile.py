@@ -113,9 +113,9 @@ def immutable_digests(study: HyperparameterStudy) -> dict[str, str]:
     return {name: _digest(value) for name, value in study.spec.immutable_fields().items()}
 
 
-def changed_fields(study: HyperparameterStudy, recorded: str) -> list[str]:
-    """The immutable fields whose fingerprint differs from the recorded annotation's."""
-    now = immutable_digests(study)
+def changed_fields(study: HyperparameterStudy, recorded: str, now: Mapping[str, str]) -> list[str]:
+    """The immutable fields whose fingerprint in `now` (immutable_digests) differs from the
+    recorded annotation's."""
     try:
         before = json.loads(recorded)
     except ValueError:
@@ -200,13 +200,14 @@ class Reconciler:
             return self._invalid(body, previous, memory, "InvalidSpec", exc.summary(), now)
         study.metadata.namespace = namespace
         recorded = (meta.get("annotations") or {}).get(SEARCH_SPACE_ANNOTATION)
-        changed = changed_fields(study, recorded) if recorded is not None else []
+        digests = immutable_digests(study)
+        changed = changed_fields(study, recorded, digests) if recorded is not None else []
         if changed:
             return self._invalid(
                 body, previous, memory, "ImmutableFieldChanged",
                 f"{', '.join('spec.' + field for field in changed)} changed after the study started; its trials "
                 "would no longer be comparable. Restore the original values, or create a new study for the change.", now)
-        current = json.dumps(immutable_digests(study), sort_keys=True, separators=(",", ":"))
+        current = json.dumps(digests, sort_keys=True, separators=(",", ":"))
         if recorded != current:  # first seen, or recorded by an older operator
             self.api.annotate_study(namespace, name, {SEARCH_SPACE_ANNOTATION: current})
         # Posted once, when the study is first seen (the annotation is written in the same step).
