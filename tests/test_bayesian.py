@@ -85,6 +85,22 @@ def test_parallel_suggestions_with_pending_trials_spread_out():
     assert closest > 0.02, points
 
 
+def test_parallel_workers_stay_in_the_promising_region():
+    # Spreading out must not mean leaving: after 8 results, the 2nd to 4th suggestions of a
+    # batch of 4 are chosen for what they add to the pending ones, not pushed to the corners.
+    # The constant liar used before sent 6 of these 24 to points worse than the cube's average.
+    average = 0.467  # the bowl's mean over the unit cube
+    later = []
+    for seed in range(8):
+        strategy = BayesianStrategy(BOWL_SPACE, MINIMIZE, seed, {})
+        history = run(strategy, bowl, 8)
+        batch = []
+        for index in range(8, 12):
+            batch.append(done(index, strategy.suggest(index, history + batch), None, phase="Pending"))
+        later += [bowl(t.parameters) for t in batch[1:]]
+    assert sum(v > average for v in later) <= 2, later
+
+
 def test_parallel_suggestions_never_repeat_a_finite_space():
     space = [Parameter(name="n", type="int", min=1, max=6)]
     strategy = BayesianStrategy(space, MINIMIZE, 0, {"initialTrials": 2})
