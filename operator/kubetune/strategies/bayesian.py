@@ -464,19 +464,16 @@ class _GaussianProcess:
 class _PendingLogEI:
     """log of the expected improvement a candidate adds to the trials still running.
 
-    This is the sequential greedy form of q-EI (Ginsbourger et al., 2010; the default of
-    BoTorch): E[max(0, best - f(x))], where best is the lower of the incumbent and the pending
-    trials' results, and f(x) and those results are drawn jointly from the model. The
-    expectation is taken over BATCH_SAMPLES quasi-random draws, the same for every candidate,
-    so that candidates are compared on common samples.
+    This is q-EI chosen one point at a time (Ginsbourger et al., 2010; BoTorch's Monte Carlo
+    EI with pending points): E[max(0, best - f(x))], where best is the lower of the incumbent
+    and the pending trials' results, and f(x) and those results are drawn jointly from the
+    model. The expectation is taken over BATCH_SAMPLES quasi-random draws, the same for every
+    candidate, so that candidates are compared on common samples.
 
     A candidate beside a pending trial is almost perfectly correlated with it and adds nothing,
-    so parallel workers spread out; a distinct candidate in the promising region keeps the value
-    it deserves. The constant liar used before (a pending trial fantasised as an average
-    result) pushed every worker but the first away from the promising region: at batch 4 the
-    benchmark's first trial of each batch found the target far more often than the other three
-    (see docs/bayesian-optimization.md). A candidate with no improvement in any draw is ranked
-    below every other, by its own log EI.
+    so parallel workers spread out; a distinct candidate in the promising region keeps the
+    value it deserves. (A constant liar, which fantasised pending trials as average results,
+    pushed every worker but the first out of that region: docs/bayesian-optimization.md.)
     """
 
     def __init__(self, gp: "_GaussianProcess", pending, incumbent: float, seed: int, torch) -> None:
@@ -505,6 +502,8 @@ class _PendingLogEI:
         spread = (variance - (loading ** 2).sum(1)).clamp_min(1e-12).sqrt()
         weights = torch.cat([loading, spread[:, None], mean[:, None]], dim=1)
         gain = torch.addmm(self.best, weights, self.basis, alpha=-1.0).clamp_min_(0.0).mean(dim=1)
+        # No improvement in any draw: ranked below every candidate that has some (whose log is
+        # above log(1e-300) = -691), in the order of its own log EI.
         ranked_last = _log_ei(mean, variance, self.incumbent, torch) - 1e4
         return torch.where(gain > 0, torch.log(gain.clamp_min(1e-300)), ranked_last)
 
