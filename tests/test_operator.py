@@ -420,6 +420,25 @@ def test_tuning_advice_is_posted_once_as_an_event(cluster, operator):
     assert advice[0]["message"].startswith("spec.parameters[1].scale: lr spans 4 orders of magnitude")
 
 
+def test_a_reconcile_of_a_stale_body_does_not_post_the_advice_again(cluster):
+    # The daemon can be woken (by a trial's event) before the watch shows the annotation its
+    # previous reconcile wrote; that reconcile must still know the study has been seen.
+    import kubernetes
+    from kubetune.cluster.kube import KubeApi
+
+    cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    parameters = [{"name": "x", "type": "float", "min": -1.0, "max": 1.0}, {"name": "lr", "type": "float", "min": 1e-5, "max": 0.1}]
+    stale = cluster.create(study(parameters=parameters))
+    api = KubeApi(kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig)))
+    reconciler, memory = reconcile.Reconciler(api, OperatorConfig()), reconcile.StudyMemory()
+    reasons = []
+    for _ in range(2):
+        outcome = reconciler.reconcile(stale, [], {}, {}, datetime.now(timezone.utc), memory)
+        reasons += [reason for _, reason, _ in outcome.events]
+    assert reasons.count("TuningAdvice") == 1, reasons
+    assert reconcile.SEARCH_SPACE_ANNOTATION in get_study(cluster)["metadata"]["annotations"]
+
+
 def test_the_operator_command_serves_health_and_metrics_and_runs_studies(cluster):
     import os
     import subprocess

@@ -70,6 +70,7 @@ class StudyMemory:
     """
 
     study: tuple[Optional[str], Optional[dict]] = (None, None)  # (resourceVersion, status written)
+    annotations: tuple[Optional[str], dict[str, str]] = (None, {})  # (resourceVersion, annotations written)
     trials: dict[str, tuple[Optional[str], dict]] = field(default_factory=dict)
     created_trials: dict[str, dict] = field(default_factory=dict)
     created_jobs: set[str] = field(default_factory=set)
@@ -79,6 +80,12 @@ class StudyMemory:
         if status is not None and body["metadata"].get("resourceVersion") == version:
             return status
         return body.get("status")
+
+    def annotation(self, body: Mapping[str, Any], key: str) -> Optional[str]:
+        version, written = self.annotations
+        if key in written and body["metadata"].get("resourceVersion") == version:
+            return written[key]
+        return (body["metadata"].get("annotations") or {}).get(key)
 
     def trial_status(self, trial: Mapping[str, Any]) -> dict:
         name = trial["metadata"]["name"]
@@ -199,7 +206,7 @@ class Reconciler:
         except StudyInvalid as exc:
             return self._invalid(body, previous, memory, "InvalidSpec", exc.summary(), now)
         study.metadata.namespace = namespace
-        recorded = (meta.get("annotations") or {}).get(SEARCH_SPACE_ANNOTATION)
+        recorded = memory.annotation(body, SEARCH_SPACE_ANNOTATION)
         digests = immutable_digests(study)
         changed = changed_fields(study, recorded, digests) if recorded is not None else []
         if changed:
@@ -210,6 +217,7 @@ class Reconciler:
         current = json.dumps(digests, sort_keys=True, separators=(",", ":"))
         if recorded != current:  # first seen, or recorded by an older operator
             self.api.annotate_study(namespace, name, {SEARCH_SPACE_ANNOTATION: current})
+            memory.annotations = (meta.get("resourceVersion"), {SEARCH_SPACE_ANNOTATION: current})
         # Posted once, when the study is first seen (the annotation is written in the same step).
         advice_events = [("Normal", "TuningAdvice", str(a)) for a in advise(study)] if recorded is None else []
 
