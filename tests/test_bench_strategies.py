@@ -34,6 +34,10 @@ def test_smoke_run_writes_the_table_and_the_json(tmp_path, capsys):
     assert {len(run["values"]) for run in data["runs"] if run["contender"] != "grid"} == {8}
     for name in data["plots"]:
         assert (tmp_path / name).stat().st_size > 0
+    assert all(len(r["first_hits"]) == r["seeds"] for r in data["rows"])
+    # The saved runs are enough to score again: the same table, without running a study.
+    assert bench.main(["--rescore", str(tmp_path / "strategies.json"), "--results", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "strategies.md").read_text() == table
 
 
 def test_scoring_normalises_to_random_search_typical_trial_and_the_optimum():
