@@ -442,10 +442,6 @@ class _GaussianProcess:
         noise = MIN_NOISE + math.exp(float(theta[dimension + 1]))
         return cls(x, y, theta[:dimension], theta[dimension], noise, features, torch)
 
-    def predict(self, x):
-        mean, variance, _ = self.posterior(x)
-        return mean, variance
-
     def posterior(self, x):
         """Mean and variance at x, and L^-1 k(X, x), from which posterior covariances follow."""
         torch = self.torch
@@ -457,7 +453,7 @@ class _GaussianProcess:
 
     def log_ei(self, x, incumbent: float):
         """log E[max(incumbent - f(x), 0)]: we minimise."""
-        mean, variance = self.predict(x)
+        mean, variance, _ = self.posterior(x)
         return _log_ei(mean, variance, incumbent, self.torch)
 
 
