@@ -70,7 +70,7 @@ class StudyMemory:
     """
 
     study: tuple[Optional[str], Optional[dict]] = (None, None)  # (resourceVersion, status written)
-    annotations: tuple[Optional[str], dict[str, str]] = (None, {})  # (resourceVersion, annotations written)
+    search_space: tuple[Optional[str], Optional[str]] = (None, None)  # (resourceVersion, annotation written)
     trials: dict[str, tuple[Optional[str], dict]] = field(default_factory=dict)
     created_trials: dict[str, dict] = field(default_factory=dict)
     created_jobs: set[str] = field(default_factory=set)
@@ -81,11 +81,11 @@ class StudyMemory:
             return status
         return body.get("status")
 
-    def annotation(self, body: Mapping[str, Any], key: str) -> Optional[str]:
-        version, written = self.annotations
-        if key in written and body["metadata"].get("resourceVersion") == version:
-            return written[key]
-        return (body["metadata"].get("annotations") or {}).get(key)
+    def search_space_annotation(self, body: Mapping[str, Any]) -> Optional[str]:
+        version, written = self.search_space
+        if written is not None and body["metadata"].get("resourceVersion") == version:
+            return written
+        return (body["metadata"].get("annotations") or {}).get(SEARCH_SPACE_ANNOTATION)
 
     def trial_status(self, trial: Mapping[str, Any]) -> dict:
         name = trial["metadata"]["name"]
@@ -206,7 +206,7 @@ class Reconciler:
         except StudyInvalid as exc:
             return self._invalid(body, previous, memory, "InvalidSpec", exc.summary(), now)
         study.metadata.namespace = namespace
-        recorded = memory.annotation(body, SEARCH_SPACE_ANNOTATION)
+        recorded = memory.search_space_annotation(body)
         digests = immutable_digests(study)
         changed = changed_fields(study, recorded, digests) if recorded is not None else []
         if changed:
@@ -217,7 +217,7 @@ class Reconciler:
         current = json.dumps(digests, sort_keys=True, separators=(",", ":"))
         if recorded != current:  # first seen, or recorded by an older operator
             self.api.annotate_study(namespace, name, {SEARCH_SPACE_ANNOTATION: current})
-            memory.annotations = (meta.get("resourceVersion"), {SEARCH_SPACE_ANNOTATION: current})
+            memory.search_space = (meta.get("resourceVersion"), current)
         # Posted once, when the study is first seen (the annotation is written in the same step).
         advice_events = [("Normal", "TuningAdvice", str(a)) for a in advise(study)] if recorded is None else []
 
