@@ -281,7 +281,7 @@ def verdict(rows: list[dict[str, Any]], budget: int, baselines: dict[str, Any]) 
             met = ours_t is not None and ours_t <= needs / 3
             # The margin: the median is met while at least half the seeds are there by the limit.
             limit = needs // 3
-            by_limit = sum(h is not None and h <= limit for h in lr.get("first_hits", []))
+            by_limit = sum(h is not None and h <= limit for h in lr["first_hits"])
             lines.append(f"batch {batch}: lr_like trials to target: bayesian {ours_text} ({by_limit} of {lr['seeds']} "
                          f"seeds by trial {limit}), random search needs {needs} "
                          f"(from {draws:,} random trials; its {rnd['seeds']} seeds here took {seeds_text}) "
