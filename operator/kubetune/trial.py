@@ -210,10 +210,17 @@ class _Reporter:
         path = termination_path()
         if path is None or not self.latest:
             return
-        limit = POD_TERMINATION_LIMIT if path == POD_TERMINATION_PATH else None
+        in_pod = path == POD_TERMINATION_PATH
+        text = self.termination_message(POD_TERMINATION_LIMIT if in_pod else None)
         try:
-            with open(path, "w") as handle:
-                handle.write(self.termination_message(limit))
+            if in_pod:  # a file the kubelet mounted: it can only be written in place
+                with open(path, "w") as handle:
+                    handle.write(text)
+            else:  # whole or not at all, for a reader that looks while the program lingers or is killed
+                partial = f"{path}.partial"
+                with open(partial, "w") as handle:
+                    handle.write(text)
+                os.replace(partial, path)
         except OSError as exc:
             print(f"kubetune: cannot write final metrics to {path}: {exc}", file=sys.stderr)
 
